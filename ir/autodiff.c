@@ -1,0 +1,2 @@
+/* autodiff.c - placeholder until written. */
+#include "ir.h"

@@ -1,0 +1,2 @@
+/* dump.c - placeholder until written. */
+#include "ir.h"

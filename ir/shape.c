@@ -1,0 +1,2 @@
+/* shape.c - placeholder until written. */
+#include "ir.h"

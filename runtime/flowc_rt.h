@@ -1,0 +1,167 @@
+/* flowc_rt.h - the runtime that generated flowc programs link: RNG, MNIST data
+ * sets and batching, safetensors checkpoints, the training driver's flags,
+ * timing and Ctrl-C handling.
+ *
+ * C99, dependency-light (libc, libm, zlib; libcurl only for --download).
+ * flowc copies runtime/*.c and this header next to the code it generates, so
+ * the generated program is self-contained. Public names carry flrt_.
+ * Functions that can fail return 0 on success and -1 on failure, after writing
+ * a one-line message (no trailing newline) into err.
+ */
+#ifndef FLOWC_RT_H
+#define FLOWC_RT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- Philox 4x32-10 counter-based RNG -----------------------------------
+ * Every random number is a pure function of (seed, stream, index): the same
+ * seed gives the same variables and dropout masks on every machine, CPU or
+ * GPU, with any number of threads. */
+
+void flrt_philox4x32(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
+/* Uniform float in [0, 1) for element `index` of `stream` under `seed`.
+ * counter = (index lo, index hi, stream, 0), key = (seed lo, seed hi). */
+float flrt_uniform(uint64_t seed, uint32_t stream, uint64_t index);
+/* Fills dst[0..n) with uniform values in [lo, hi). */
+void flrt_fill_uniform(float *dst, size_t n, float lo, float hi, uint64_t seed, uint32_t stream);
+/* Normal(mean, stddev) by Box-Muller over pairs of uniforms. */
+void flrt_fill_normal(float *dst, size_t n, float mean, float stddev, uint64_t seed, uint32_t stream);
+/* Like TensorFlow's truncated_normal: values beyond 2 stddev are redrawn. */
+void flrt_fill_truncated_normal(float *dst, size_t n, float mean, float stddev, uint64_t seed,
+                                uint32_t stream);
+/* Dropout mask: element i is 1/keep_prob with probability keep_prob, else 0.
+ * `run` distinguishes successive runs (the model's run counter). */
+void flrt_dropout_mask(float *dst, size_t n, float keep_prob, uint64_t seed, uint32_t stream,
+                       uint64_t run);
+
+/* ---- MNIST-style data sets (IDX files, gzip or plain) --------------------- */
+
+typedef struct {
+  int64_t n;        /* examples */
+  int64_t features; /* 784 for 28x28 */
+  int classes;      /* 10 */
+  float *images;    /* n x features, values byte/255 in [0, 1] */
+  uint8_t *labels;  /* n */
+} flrt_split;
+
+typedef struct {
+  flrt_split train, validation, test;
+} flrt_datasets;
+
+/* Reads the four standard files from dir: train-images-idx3-ubyte.gz,
+ * train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,
+ * t10k-labels-idx1-ubyte.gz (each also accepted without .gz). The first
+ * `validation` training examples become the validation split (as
+ * read_data_sets does; clamped so that at least one training example stays).
+ * A missing file is named in err with where MNIST is published; a truncated or
+ * malformed file is refused with its name and what was wrong. */
+int flrt_read_data_sets(const char *dir, int64_t validation, flrt_datasets *out, char *err,
+                        size_t errlen);
+void flrt_free_data_sets(flrt_datasets *d);
+
+/* Downloads the four files from base_url (base_url + "/" + file name) into dir
+ * with libcurl, each to a temporary name renamed when complete. */
+int flrt_download_mnist(const char *base_url, const char *dir, char *err, size_t errlen);
+
+/* next_batch semantics of the tutorials' loader: walks a shuffled permutation
+ * of the split; a batch that crosses the end of an epoch takes the rest of
+ * this epoch, reshuffles, and continues in the next. Shuffles are a pure
+ * function of (seed, epoch), so a run resumed after `consumed` examples sees
+ * the same batches as an uninterrupted one. */
+typedef struct {
+  const flrt_split *split;
+  uint64_t seed;
+  int64_t *perm;     /* permutation of the current epoch */
+  int64_t epoch;     /* epochs started, from 0 */
+  int64_t pos;       /* next index into perm */
+  int64_t consumed;  /* examples handed out since the start */
+} flrt_batcher;
+
+int flrt_batcher_init(flrt_batcher *b, const flrt_split *split, uint64_t seed);
+void flrt_batcher_free(flrt_batcher *b);
+/* Positions the batcher as if `consumed` examples had been handed out. */
+void flrt_batcher_seek(flrt_batcher *b, int64_t consumed);
+/* Copies the next `batch` examples: images (batch x features floats) and
+ * one-hot labels (batch x classes floats); either may be NULL. */
+void flrt_batcher_next(flrt_batcher *b, int64_t batch, float *images, float *onehot);
+/* Copies examples [start, start+count) of a split in order (evaluation). */
+void flrt_split_slice(const flrt_split *s, int64_t start, int64_t count, float *images,
+                      float *onehot);
+
+/* ---- checkpoints in the safetensors format ------------------------------- */
+
+typedef enum { FLRT_F32, FLRT_I32, FLRT_I64, FLRT_BOOL } flrt_dtype;
+
+typedef struct {
+  const char *name;
+  flrt_dtype dtype;
+  int rank;
+  int64_t dims[8];
+  void *data; /* nbytes = product(dims) * size of dtype */
+} flrt_tensor;
+
+/* Writes the tensors (names unique; data laid out in the order given) plus
+ * string metadata
+ * (`__metadata__`, pairs keys[i] = values[i]) to path + ".tmp", fsyncs it,
+ * renames it over path, and fsyncs the directory: a crash at any point leaves
+ * either the old file or the new one, never a damaged one. */
+int flrt_checkpoint_save(const char *path, const flrt_tensor *tensors, int ntensors,
+                         const char *const *meta_keys, const char *const *meta_values, int nmeta,
+                         char *err, size_t errlen);
+
+/* Reads path and fills each given tensor's data from the tensor of the same
+ * name, which must exist with the same dtype and shape; the file's size must
+ * match its header exactly (a truncated or padded file is refused), and every
+ * data range must lie inside the file without overlaps. Metadata value for
+ * meta_key is copied into meta_value (may be NULL). The messages name the
+ * tensor and the difference. */
+int flrt_checkpoint_load(const char *path, flrt_tensor *tensors, int ntensors,
+                         const char *meta_key, char *meta_value, size_t meta_cap, char *err,
+                         size_t errlen);
+
+/* ---- the training driver's options --------------------------------------- */
+
+typedef struct {
+  const char *data_dir;
+  const char *download_url; /* --download URL, or NULL */
+  int64_t steps;
+  int64_t batch;
+  uint64_t seed;
+  const char *save_path;   /* --save FILE, or NULL */
+  int64_t save_every;      /* --save-every K (0 = only at the end) */
+  const char *resume_path; /* --resume FILE, or NULL */
+  int64_t log_every;       /* --log-every K (0 = never) */
+  int threads;             /* --threads N (0 = library default) */
+  bool quiet;              /* --quiet: no progress lines */
+} flrt_options;
+
+/* Parses the driver's flags over the defaults already in opt. --help prints
+ * the usage (with `about`, the model's one-line description, and the defaults)
+ * and exits 0; a bad flag or value prints what was wrong and the usage line
+ * to stderr and exits 2. */
+void flrt_parse_options(int argc, char **argv, const char *about, flrt_options *opt);
+
+/* Milliseconds from a monotonic clock. */
+double flrt_now_ms(void);
+/* Makes SIGINT/SIGTERM set a flag instead of killing the process; a second
+ * Ctrl-C kills it. */
+void flrt_install_interrupt_handler(void);
+bool flrt_interrupted(void);
+/* Sets the BLAS thread count (no-op where the BLAS has none). */
+void flrt_set_threads(int n);
+
+/* ---- arena ---------------------------------------------------------------- */
+
+typedef struct {
+  unsigned char *base;
+  size_t cap;
+} flrt_arena;
+
+/* Makes the arena at least `bytes` large (64-byte aligned); contents are not
+ * kept. Returns 0, or -1 when memory runs out. */
+int flrt_arena_reserve(flrt_arena *a, size_t bytes);
+void flrt_arena_free(flrt_arena *a);
+
+#endif
