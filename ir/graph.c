@@ -146,6 +146,7 @@ fl_attrs fl_attrs_default(void) {
   a.init = -1;
   a.trainable = true;
   a.stream = -1;
+  a.loss = -1;
   return a;
 }
 

@@ -169,6 +169,7 @@ typedef struct {
   fl_optimizer optimizer; /* MINIMIZE, APPLY_* */
   double lr, momentum, beta1, beta2, epsilon;
   int stream;          /* DROPOUT_MASK and random initialisers: RNG stream id */
+  int loss;            /* GROUP made by fl_autodiff: the loss it minimises (-1: none) */
 } fl_attrs;
 
 typedef struct {
@@ -295,8 +296,16 @@ int fl_autodiff(fl_graph *g);
  * Used by fl_autodiff and by the gradient-check tests. */
 int fl_gradients(fl_graph *g, int y, const int *xs, int nxs, int *grads);
 
-/* Every check after parsing: shapes, then autodiff. What `flowc check` runs. */
+/* Every check after parsing: shapes, then autodiff, then the train section
+ * (each action's placeholders fed). What `flowc check` runs. */
 int fl_finish(fl_graph *g);
+
+/* Marks in needed[] every node that a run of `targets` evaluates: their inputs,
+ * transitively, stopping at fed nodes (fed[i] true; may be NULL), which are
+ * marked but whose inputs are not followed. A variable's initialiser is not
+ * part of a run. */
+void fl_mark_needed(const fl_graph *g, const int *targets, int ntargets, const bool *fed,
+                    bool *needed);
 
 /* ---- views -------------------------------------------------------------- */
 
