@@ -3,7 +3,7 @@
  * timing and Ctrl-C handling.
  *
  * C99, dependency-light (libc, libm, zlib; libcurl only for --download).
- * flowc copies runtime/*.c and this header next to the code it generates, so
+ * flowc copies the runtime's .c files and this header next to the code it generates, so
  * the generated program is self-contained. Public names carry flrt_.
  * Functions that can fail return 0 on success and -1 on failure, after writing
  * a one-line message (no trailing newline) into err.
@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* ---- Philox 4x32-10 counter-based RNG -----------------------------------
  * Every random number is a pure function of (seed, stream, index): the same
@@ -142,6 +143,11 @@ typedef struct {
  * and exits 0; a bad flag or value prints what was wrong and the usage line
  * to stderr and exits 2. */
 void flrt_parse_options(int argc, char **argv, const char *about, flrt_options *opt);
+/* What flrt_parse_options does short of printing and exiting: returns 0 with
+ * opt updated, 1 when --help (or -h) was asked for, or -1 with the problem in
+ * err (e.g. "--steps: expected a non-negative integer, found 'abc'"); opt is
+ * left unchanged unless it returns 0. String fields point into argv. */
+int flrt_parse_options_err(int argc, char **argv, flrt_options *opt, char *err, size_t errlen);
 
 /* Milliseconds from a monotonic clock. */
 double flrt_now_ms(void);
@@ -151,6 +157,52 @@ void flrt_install_interrupt_handler(void);
 bool flrt_interrupted(void);
 /* Sets the BLAS thread count (no-op where the BLAS has none). */
 void flrt_set_threads(int n);
+
+/* ---- kernels the generated code calls (runtime/kernels.c) -----------------
+ * Shapes follow TensorFlow: images NHWC, filters HWIO. pad_top/pad_left are
+ * the zero rows/columns before the image (SAME padding puts the odd one
+ * after). out_h/out_w are the output's spatial size. */
+
+typedef struct {
+  int64_t batch, in_h, in_w, in_c; /* input N, H, W, C */
+  int64_t k_h, k_w;                /* window */
+  int64_t stride_h, stride_w;
+  int64_t pad_top, pad_left;
+  int64_t out_h, out_w;
+} flrt_window;
+
+/* Fills `w` for TensorFlow's SAME (same = true) or VALID padding. */
+void flrt_window_init(flrt_window *w, int64_t batch, int64_t in_h, int64_t in_w, int64_t in_c,
+                      int64_t k_h, int64_t k_w, int64_t stride_h, int64_t stride_w, bool same);
+
+/* im2col: cols is (batch*out_h*out_w) x (k_h*k_w*in_c), row-major; each row
+ * holds one output position's window in (kh, kw, c) order, zeros where the
+ * window hangs over the padding. */
+void flrt_im2col(const flrt_window *w, const float *x, float *cols);
+/* The adjoint: adds each column entry back into dx (dx is zeroed first). */
+void flrt_col2im(const flrt_window *w, const float *cols, float *dx);
+
+/* conv2d forward and both gradients through im2col + sgemm; `cols` is scratch
+ * of flrt_conv2d_scratch(w) floats. out_c is the number of filters. A 1x1
+ * stride-1 VALID window needs no im2col: its scratch size is 0 and cols may be
+ * NULL. Every output (out, dx, dfilter) is overwritten, not accumulated. */
+size_t flrt_conv2d_scratch(const flrt_window *w);
+void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
+                 float *out, float *cols);
+void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy,
+                            const float *filter, float *dx, float *cols);
+void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x,
+                             const float *dy, float *dfilter, float *cols);
+
+/* max_pool (padding cells never win) and its gradient: each window's dy goes
+ * to the first maximum in row-major window order. */
+void flrt_max_pool(const flrt_window *w, const float *x, float *out);
+void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx);
+
+/* Prints a tensor the way numpy does for small arrays: 0.5, [1 2 3],
+ * [[1 2] [3 4]] (%g per value, one line, no newline). Over 1000 elements,
+ * only the ends of the flat data: [a b c d e f ... x y z]. */
+void flrt_print_tensor(FILE *out, const float *data, int rank, const int64_t *dims);
 
 /* ---- arena ---------------------------------------------------------------- */
 
@@ -162,6 +214,8 @@ typedef struct {
 /* Makes the arena at least `bytes` large (64-byte aligned); contents are not
  * kept. Returns 0, or -1 when memory runs out. */
 int flrt_arena_reserve(flrt_arena *a, size_t bytes);
+/* Rounds a slice size up to the arena's 64-byte alignment. */
+static inline size_t flrt_align(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
 void flrt_arena_free(flrt_arena *a);
 
 #endif

@@ -1,0 +1,761 @@
+/* emit_c.c - the C backend: kernels, entry points, variables and checkpoints as C99.
+ *
+ * Every computation the train block asks for becomes an entry point: a C
+ * function that takes the fed tensors and returns the fetched ones. An entry
+ * evaluates its pure nodes in node order, copies out the fetches, then applies
+ * the side effects (assignments, optimizer updates) in node order, so a run
+ * reads every variable before any is written. Each node is one kernel function
+ * named after the node (k12_matmul); its buffer is a slice of one arena whose
+ * offsets the entry computes once from the run's symbolic sizes. */
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen.h"
+#include "emit_internal.h"
+
+/* ---- small helpers -------------------------------------------------------- */
+
+void fl_c_identifier(const char *text, char *out, size_t cap) {
+  size_t j = 0;
+  if (cap == 0) return;
+  if (text[0] && isdigit((unsigned char)text[0]) && j + 1 < cap) out[j++] = '_';
+  for (size_t i = 0; text[i] && j + 1 < cap; i++) {
+    unsigned char c = (unsigned char)text[i];
+    out[j++] = (isalnum(c) || c == '_') ? (char)c : '_';
+  }
+  out[j] = '\0';
+  if (j == 0 && cap > 1) snprintf(out, cap, "_");
+}
+
+const char *emit_ctype(fl_dtype t) {
+  switch (t) {
+  case FL_F32: return "float";
+  case FL_I32: return "int32_t";
+  case FL_I64: return "int64_t";
+  case FL_BOOL: return "bool";
+  default: return "void";
+  }
+}
+
+const char *emit_rt_dtype(fl_dtype t) {
+  switch (t) {
+  case FL_F32: return "FLRT_F32";
+  case FL_I32: return "FLRT_I32";
+  case FL_I64: return "FLRT_I64";
+  default: return "FLRT_BOOL";
+  }
+}
+
+/* A float literal that C reads back as the same float: 0.1f, 2.0f. */
+void emit_float(char *buf, size_t cap, double v) {
+  if (isnan(v)) {
+    snprintf(buf, cap, "NAN");
+    return;
+  }
+  if (isinf(v)) {
+    snprintf(buf, cap, v > 0 ? "INFINITY" : "-INFINITY");
+    return;
+  }
+  char tmp[48];
+  snprintf(tmp, sizeof tmp, "%.9g", (double)(float)v);
+  bool has_point = strpbrk(tmp, ".e") != NULL;
+  snprintf(buf, cap, "%s%sf", tmp, has_point ? "" : ".0");
+}
+
+/* A typed literal for a value of dtype t. */
+static void emit_literal(char *buf, size_t cap, fl_dtype t, double v) {
+  switch (t) {
+  case FL_F32: emit_float(buf, cap, v); break;
+  case FL_I32: snprintf(buf, cap, "%lld", (long long)v); break;
+  case FL_I64: snprintf(buf, cap, "INT64_C(%lld)", (long long)v); break;
+  default: snprintf(buf, cap, "%s", v != 0 ? "true" : "false"); break;
+  }
+}
+
+/* The symbol's C name in generated code ("N"). */
+static void sym_name(const fl_graph *g, int sym, char *buf, size_t cap) {
+  fl_c_identifier(g->syms[sym], buf, cap);
+}
+
+/* A dimension as a C expression of type int64_t. */
+void emit_dim(const fl_graph *g, fl_dim d, char *buf, size_t cap) {
+  char sym[64];
+  if (d.sym < 0) snprintf(buf, cap, "%lld", (long long)d.coef);
+  else {
+    sym_name(g, d.sym, sym, sizeof sym);
+    if (d.coef == 1) snprintf(buf, cap, "%s", sym);
+    else snprintf(buf, cap, "%lld * %s", (long long)d.coef, sym);
+  }
+}
+
+/* The product of dims [from, to) as a C expression ("N * 784"). */
+void emit_dims_product(const fl_graph *g, const fl_shape *s, int from, int to, char *buf,
+                       size_t cap) {
+  int64_t coef = 1;
+  int count[64] = {0};
+  for (int i = from; i < to; i++) {
+    coef *= s->dims[i].coef;
+    if (s->dims[i].sym >= 0 && s->dims[i].sym < 64) count[s->dims[i].sym]++;
+  }
+  size_t used = (size_t)snprintf(buf, cap, "%lld", (long long)coef);
+  for (int sym = 0; sym < 64 && sym < g->nsyms; sym++)
+    for (int k = 0; k < count[sym] && used < cap; k++) {
+      char name[64];
+      sym_name(g, sym, name, sizeof name);
+      if (coef == 1 && used == 1 && buf[0] == '1')
+        used = (size_t)snprintf(buf, cap, "%s", name);
+      else
+        used += (size_t)snprintf(buf + used, cap - used, " * %s", name);
+    }
+}
+
+void emit_size(const fl_graph *g, const fl_shape *s, char *buf, size_t cap) {
+  emit_dims_product(g, s, 0, s->rank, buf, cap);
+}
+
+/* Which symbols a node's kernel needs: those in its shape and its inputs'. */
+void emit_node_syms(const fl_graph *g, const fl_node *n, bool *uses) {
+  memset(uses, 0, (size_t)g->nsyms * sizeof(bool));
+  const fl_shape *shapes[17];
+  int count = 0;
+  shapes[count++] = &n->shape;
+  for (int i = 0; i < n->ninputs && count < 17; i++) shapes[count++] = &g->nodes[n->inputs[i]].shape;
+  if (n->op == FL_OP_RESHAPE || n->op == FL_OP_BROADCAST || n->op == FL_OP_SUM_TO)
+    shapes[count - 1 < 16 ? count++ : 16] = &n->attr.target;
+  for (int i = 0; i < count; i++)
+    for (int j = 0; j < shapes[i]->rank; j++)
+      if (shapes[i]->dims[j].sym >= 0) uses[shapes[i]->dims[j].sym] = true;
+}
+
+/* ---- text building -------------------------------------------------------- */
+
+void sb_printf(strbuf *sb, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  va_list ap2;
+  va_copy(ap2, ap);
+  int need = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (need < 0) {
+    va_end(ap2);
+    return;
+  }
+  if (sb->len + (size_t)need + 1 > sb->cap) {
+    size_t cap = sb->cap ? sb->cap : 4096;
+    while (sb->len + (size_t)need + 1 > cap) cap *= 2;
+    char *grown = realloc(sb->text, cap);
+    if (!grown) {
+      fputs("flowc: out of memory\n", stderr);
+      exit(1);
+    }
+    sb->text = grown;
+    sb->cap = cap;
+  }
+  vsnprintf(sb->text + sb->len, sb->cap - sb->len, fmt, ap2);
+  va_end(ap2);
+  sb->len += (size_t)need;
+}
+
+void sb_free(strbuf *sb) {
+  free(sb->text);
+  sb->text = NULL;
+  sb->len = sb->cap = 0;
+}
+
+int sb_write_file(const strbuf *sb, const char *dir, const char *name) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fl_error((fl_loc){0, 0, 0, 0}, "cannot write %s: %s", path, strerror(errno));
+    return -1;
+  }
+  if (sb->len && fwrite(sb->text, 1, sb->len, f) != sb->len) {
+    fclose(f);
+    fl_error((fl_loc){0, 0, 0, 0}, "cannot write %s: %s", path, strerror(errno));
+    return -1;
+  }
+  if (fclose(f)) {
+    fl_error((fl_loc){0, 0, 0, 0}, "cannot write %s: %s", path, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* ---- naming --------------------------------------------------------------- */
+
+/* The node's name for comments and identifiers: its user name, or t<id>. */
+void emit_node_label(const fl_graph *g, int id, char *buf, size_t cap) {
+  if (g->nodes[id].name) fl_c_identifier(g->nodes[id].name, buf, cap);
+  else snprintf(buf, cap, "t%d", id);
+}
+
+/* The comment that names what a kernel implements:
+ *   %12 = matmul(%3, %5) : f32[N, 10]  # y  (model.flow:10:5) */
+void emit_node_comment(const fl_graph *g, const fl_node *n, strbuf *sb) {
+  char shape[160];
+  sb_printf(sb, "/* %%%d = %s(", n->id, fl_op_name(n->op));
+  for (int i = 0; i < n->ninputs; i++) sb_printf(sb, "%s%%%d", i ? ", " : "", n->inputs[i]);
+  sb_printf(sb, ") : %s%s", fl_dtype_name(n->dtype), fl_shape_str(g, &n->shape, shape, sizeof shape));
+  if (n->name) {
+    /* a name can't end the comment early: '*' '/' never both appear in one */
+    sb_printf(sb, "  # ");
+    for (const char *p = n->name; *p; p++) sb_printf(sb, "%c", (*p == '*') ? '_' : *p);
+  }
+  if (n->loc.file > 0) {
+    const char *path = fl_source_path(n->loc.file);
+    const char *base = strrchr(path, '/');
+    sb_printf(sb, "  (%s:%d:%d)", base ? base + 1 : path, n->loc.line, n->loc.col);
+  }
+  sb_printf(sb, " */\n");
+}
+
+/* ---- entries -------------------------------------------------------------- */
+
+#include "kernels_c.h"
+
+static void *xcalloc(size_t n, size_t size) {
+  void *p = calloc(n ? n : 1, size);
+  if (!p) {
+    fputs("flowc: out of memory\n", stderr);
+    exit(1);
+  }
+  return p;
+}
+
+static bool same_ids(const int *a, int na, const int *b, int nb) {
+  if (na != nb) return false;
+  for (int i = 0; i < na; i++)
+    if (a[i] != b[i]) return false;
+  return true;
+}
+
+static void append_unique(int *list, int *count, int id) {
+  for (int i = 0; i < *count; i++)
+    if (list[i] == id) return;
+  list[(*count)++] = id;
+}
+
+/* Whether every placeholder `node` needs is fed under `fed`. */
+static bool computable(const fl_graph *g, int node, const bool *fed) {
+  bool *needed = xcalloc((size_t)g->nnodes, sizeof(bool));
+  fl_mark_needed(g, &node, 1, fed, needed);
+  bool ok = true;
+  for (int i = 0; i < g->nnodes && ok; i++)
+    if (needed[i] && !fed[i] && g->nodes[i].op == FL_OP_PLACEHOLDER) ok = false;
+  free(needed);
+  return ok;
+}
+
+static void entry_name(const fl_graph *g, const int *ids, int n, char *buf, size_t cap) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < n && used + 1 < cap; i++) {
+    char label[96];
+    emit_node_label(g, ids[i], label, sizeof label);
+    used += (size_t)snprintf(buf + used, cap - used, "%s%s", i ? "_" : "", label);
+  }
+  if (!used) snprintf(buf, cap, "run");
+}
+
+static int build_entry_for_action(emit_model *em, const fl_action *a) {
+  const fl_graph *g = em->g;
+  const fl_train *t = &g->train;
+  int cap = a->ntargets + 4;
+  int *fetches = xcalloc((size_t)cap, sizeof(int)), nfetches = 0;
+  int *runs = xcalloc((size_t)cap, sizeof(int)), nruns = 0;
+  bool *fed = xcalloc((size_t)g->nnodes, sizeof(bool));
+  bool on_batch = a->when != FL_WHEN_START && a->when != FL_WHEN_END;
+  bool data = on_batch && t->data != FL_DATA_NONE;
+  if (data) {
+    if (t->images_node >= 0) fed[t->images_node] = true;
+    if (t->labels_node >= 0) fed[t->labels_node] = true;
+  }
+  for (int i = 0; i < a->nfeeds; i++) fed[a->feeds[i].node] = true;
+  if (a->kind == FL_ACT_RUN) {
+    for (int i = 0; i < a->ntargets; i++) {
+      int id = a->targets[i];
+      if (fl_op_has_side_effect(g->nodes[id].op)) append_unique(runs, &nruns, id);
+      else append_unique(fetches, &nfetches, id);
+    }
+    /* A training run also returns its loss, and the accuracy when the same
+     * feeds give it: the driver's progress line shows both for free. */
+    for (int i = 0; i < nruns; i++) {
+      const fl_node *r = &g->nodes[runs[i]];
+      if (r->op == FL_OP_GROUP && r->attr.loss >= 0) append_unique(fetches, &nfetches, r->attr.loss);
+    }
+    int accuracy = fl_graph_find(g, "accuracy");
+    if (nruns && accuracy >= 0 && g->nodes[accuracy].shape.rank == 0 &&
+        g->nodes[accuracy].dtype == FL_F32 && computable(g, accuracy, fed))
+      append_unique(fetches, &nfetches, accuracy);
+  } else {
+    for (int i = 0; i < a->ntargets; i++) {
+      int id = a->targets[i];
+      if (g->nodes[id].op == FL_OP_GROUP || g->nodes[id].op == FL_OP_MINIMIZE) {
+        fl_error(a->loc, "print: a train op has no value to print; use `run` to run it");
+        free(fetches); free(runs); free(fed);
+        return -1;
+      }
+      append_unique(fetches, &nfetches, id);
+    }
+  }
+  bool *needed = xcalloc((size_t)g->nnodes, sizeof(bool));
+  int *targets = xcalloc((size_t)(nfetches + nruns), sizeof(int));
+  memcpy(targets, fetches, (size_t)nfetches * sizeof(int));
+  memcpy(targets + nfetches, runs, (size_t)nruns * sizeof(int));
+  fl_mark_needed(g, targets, nfetches + nruns, fed, needed);
+  free(targets);
+  int *feeds = xcalloc((size_t)g->nnodes, sizeof(int)), nfeeds = 0;
+  if (data) {
+    if (t->images_node >= 0 && needed[t->images_node]) feeds[nfeeds++] = t->images_node;
+    if (t->labels_node >= 0 && needed[t->labels_node]) feeds[nfeeds++] = t->labels_node;
+  }
+  for (int i = 0; i < a->nfeeds; i++)
+    if (needed[a->feeds[i].node]) append_unique(feeds, &nfeeds, a->feeds[i].node);
+  for (int i = 0; i < g->nnodes; i++) fed[i] = false;
+  for (int i = 0; i < nfeeds; i++) fed[feeds[i]] = true;
+
+  for (int e = 0; e < em->nentries; e++) {
+    emit_entry *old = &em->entries[e];
+    if (same_ids(old->fetches, old->nfetches, fetches, nfetches) &&
+        same_ids(old->runs, old->nruns, runs, nruns) && same_ids(old->feeds, old->nfeeds, feeds, nfeeds)) {
+      free(fetches); free(runs); free(fed); free(needed); free(feeds);
+      return e;
+    }
+  }
+  emit_entry *en = &em->entries[em->nentries];
+  memset(en, 0, sizeof *en);
+  en->fetches = fetches;
+  en->nfetches = nfetches;
+  en->runs = runs;
+  en->nruns = nruns;
+  en->feeds = feeds;
+  en->nfeeds = nfeeds;
+  en->fed = fed;
+  en->needed = needed;
+  en->when = a->when;
+  en->syms = xcalloc((size_t)g->nsyms + 1, sizeof(bool));
+  for (int i = 0; i < g->nnodes; i++) {
+    if (!needed[i]) continue;
+    if (g->nodes[i].op == FL_OP_DROPOUT_MASK && !fed[i]) en->uses_dropout = true;
+    for (int j = 0; j < g->nodes[i].shape.rank; j++)
+      if (g->nodes[i].shape.dims[j].sym >= 0) en->syms[g->nodes[i].shape.dims[j].sym] = true;
+    if (!fed[i] && (g->nodes[i].op == FL_OP_RANDOM_UNIFORM || g->nodes[i].op == FL_OP_TRUNCATED_NORMAL ||
+                    g->nodes[i].op == FL_OP_RANDOM_NORMAL)) {
+      fl_error(g->nodes[i].loc, "%s can only initialise a variable", fl_op_name(g->nodes[i].op));
+      return -1;
+    }
+  }
+  if (nruns) entry_name(g, runs, nruns, en->name, sizeof en->name);
+  else entry_name(g, fetches, nfetches, en->name, sizeof en->name);
+  /* Entries that differ only in feeds get numbered names. */
+  for (int e = 0, suffix = 2; e < em->nentries; e++)
+    if (strcmp(em->entries[e].name, en->name) == 0) {
+      char base[96];
+      snprintf(base, sizeof base, "%s", en->name);
+      snprintf(en->name, sizeof en->name, "%.80s_%d", base, suffix++);
+      e = -1;
+    }
+  return em->nentries++;
+}
+
+static void free_entries(emit_model *em) {
+  for (int i = 0; i < em->nentries; i++) {
+    emit_entry *e = &em->entries[i];
+    free(e->fetches); free(e->runs); free(e->feeds); free(e->fed); free(e->needed); free(e->syms);
+  }
+  free(em->entries);
+  free(em->action_entry);
+  free(em->var_names);
+}
+
+/* ---- the header ------------------------------------------------------------ */
+
+static void var_field_names(emit_model *em) {
+  const fl_graph *g = em->g;
+  em->var_names = xcalloc((size_t)g->nnodes, sizeof *em->var_names);
+  for (int i = 0; i < g->nnodes; i++) {
+    if (g->nodes[i].op != FL_OP_VARIABLE) continue;
+    if (g->nodes[i].name) fl_c_identifier(g->nodes[i].name, em->var_names[i], sizeof em->var_names[i]);
+    else snprintf(em->var_names[i], sizeof em->var_names[i], "v%d", i);
+    for (int j = 0; j < i; j++)
+      if (g->nodes[j].op == FL_OP_VARIABLE && strcmp(em->var_names[j], em->var_names[i]) == 0) {
+        size_t len = strlen(em->var_names[i]);
+        snprintf(em->var_names[i] + (len < 80 ? len : 80), 16, "_%d", i);
+        break;
+      }
+  }
+}
+
+static void checkpoint_name(const fl_graph *g, int id, char *buf, size_t cap) {
+  if (g->nodes[id].name) snprintf(buf, cap, "%s", g->nodes[id].name);
+  else snprintf(buf, cap, "v%d", id);
+}
+
+/* Parameters of an entry, shared by the prototype and the definition. */
+static void entry_params(const emit_model *em, const emit_entry *e, strbuf *sb) {
+  const fl_graph *g = em->g;
+  sb_printf(sb, "%s *m", em->prefix);
+  for (int s = 0; s < g->nsyms; s++)
+    if (e->syms[s]) {
+      char name[64];
+      fl_c_identifier(g->syms[s], name, sizeof name);
+      sb_printf(sb, ", int64_t %s", name);
+    }
+  for (int i = 0; i < e->nfeeds; i++) {
+    const fl_node *n = &g->nodes[e->feeds[i]];
+    char label[96];
+    emit_node_label(g, e->feeds[i], label, sizeof label);
+    if (n->shape.rank == 0) sb_printf(sb, ", %s %s", emit_ctype(n->dtype), label);
+    else sb_printf(sb, ", const %s *%s", emit_ctype(n->dtype), label);
+  }
+  for (int i = 0; i < e->nfetches; i++) {
+    char label[96];
+    emit_node_label(g, e->fetches[i], label, sizeof label);
+    sb_printf(sb, ", %s *out_%s", emit_ctype(g->nodes[e->fetches[i]].dtype), label);
+  }
+}
+
+static void entry_doc(const emit_model *em, const emit_entry *e, strbuf *sb) {
+  const fl_graph *g = em->g;
+  char label[96], shape[160];
+  sb_printf(sb, "/* %s_%s:", em->prefix, e->name);
+  for (int i = 0; i < e->nruns; i++) {
+    emit_node_label(g, e->runs[i], label, sizeof label);
+    sb_printf(sb, " runs %s;", label);
+  }
+  if (e->nfetches) sb_printf(sb, " returns");
+  for (int i = 0; i < e->nfetches; i++) {
+    const fl_node *n = &g->nodes[e->fetches[i]];
+    emit_node_label(g, e->fetches[i], label, sizeof label);
+    sb_printf(sb, "%s %s %s%s", i ? "," : "", label, fl_dtype_name(n->dtype),
+              fl_shape_str(g, &n->shape, shape, sizeof shape));
+  }
+  sb_printf(sb, ".\n *");
+  if (e->nfeeds) sb_printf(sb, " Feeds:");
+  for (int i = 0; i < e->nfeeds; i++) {
+    const fl_node *n = &g->nodes[e->feeds[i]];
+    emit_node_label(g, e->feeds[i], label, sizeof label);
+    sb_printf(sb, "%s %s %s%s", i ? "," : "", label, fl_dtype_name(n->dtype),
+              fl_shape_str(g, &n->shape, shape, sizeof shape));
+  }
+  sb_printf(sb, "%s Outputs may be NULL. Returns 0, or -1 with %s_error(m) set. */\n",
+            e->nfeeds ? "." : "", em->prefix);
+}
+
+static void emit_header(const emit_model *em, strbuf *sb) {
+  const fl_graph *g = em->g;
+  const char *p = em->prefix;
+  char guard[128], shape[160];
+  fl_c_identifier(p, guard, sizeof guard);
+  for (char *c = guard; *c; c++) *c = (char)toupper((unsigned char)*c);
+  sb_printf(sb, "/* %s.h - generated by flowc %s from %s. The API of the model: create it,\n"
+                " * call its entry points, save and load its variables. Do not edit. */\n",
+            p, FLOWC_VERSION, em->opt->source_path ? em->opt->source_path : "a description");
+  sb_printf(sb, "#ifndef %s_MODEL_H\n#define %s_MODEL_H\n\n", guard, guard);
+  sb_printf(sb, "#include <stdbool.h>\n#include <stddef.h>\n#include <stdint.h>\n\n#include \"flowc_rt.h\"\n\n");
+  sb_printf(sb, "/* Every variable of the model, optimizer slots included. */\ntypedef struct {\n");
+  for (int i = 0; i < g->nnodes; i++) {
+    const fl_node *n = &g->nodes[i];
+    if (n->op != FL_OP_VARIABLE) continue;
+    int64_t count = fl_shape_const_size(&n->shape);
+    sb_printf(sb, "  %s %s[%lld]; /* %s%s */\n", emit_ctype(n->dtype), em->var_names[i],
+              (long long)(count > 0 ? count : 1), fl_dtype_name(n->dtype),
+              fl_shape_str(g, &n->shape, shape, sizeof shape));
+  }
+  sb_printf(sb, "  char unused; /* keeps the struct valid for a model without variables */\n");
+  sb_printf(sb, "} %s_variables;\n\n", p);
+  sb_printf(sb, "typedef struct {\n  %s_variables vars;\n", p);
+  sb_printf(sb, "  uint64_t seed;         /* of initialisation and dropout */\n"
+                "  uint64_t dropout_runs; /* runs that drew dropout masks: the RNG counter */\n"
+                "  int64_t step;          /* training steps done (kept by the driver) */\n"
+                "  int64_t consumed;      /* training examples consumed (kept by the driver) */\n"
+                "  flrt_arena arena;      /* intermediate tensors of the current run */\n"
+                "  char error[512];\n} %s;\n\n", p);
+  sb_printf(sb, "/* Allocates a model with variables initialised from seed; NULL when out of memory. */\n"
+                "%s *%s_new(uint64_t seed);\nvoid %s_free(%s *m);\n"
+                "/* (Re)initialises every variable and the counters from seed. */\n"
+                "void %s_init(%s *m, uint64_t seed);\n"
+                "/* The last error's message. */\nconst char *%s_error(const %s *m);\n"
+                "/* Variables, step and counters to a safetensors file (atomically). */\n"
+                "int %s_save(%s *m, const char *path);\n"
+                "/* Reads a checkpoint written by %s_save; refuses a mismatched or damaged one. */\n"
+                "int %s_load(%s *m, const char *path);\n\n",
+            p, p, p, p, p, p, p, p, p, p, p, p, p);
+  for (int e = 0; e < em->nentries; e++) {
+    entry_doc(em, &em->entries[e], sb);
+    sb_printf(sb, "int %s_%s(", p, em->entries[e].name);
+    entry_params(em, &em->entries[e], sb);
+    sb_printf(sb, ");\n\n");
+  }
+  sb_printf(sb, "#endif\n");
+}
+
+/* ---- the model's source ---------------------------------------------------- */
+
+static int emit_const_data(const fl_graph *g, int id, strbuf *sb) {
+  const fl_node *n = &g->nodes[id];
+  int64_t count = fl_shape_const_size(&n->shape);
+  sb_printf(sb, "static const %s c%d[%lld] = {", emit_ctype(n->dtype), id, (long long)(count > 0 ? count : 1));
+  for (int64_t i = 0; i < count; i++) {
+    char lit[64];
+    emit_literal(lit, sizeof lit, n->dtype, n->attr.data ? n->attr.data[i] : 0.0);
+    sb_printf(sb, "%s%s", i ? ", " : "", lit);
+    if (i % 8 == 7 && i + 1 < count) sb_printf(sb, "\n   ");
+  }
+  sb_printf(sb, "};\n");
+  return 0;
+}
+
+static int emit_init(const emit_model *em, strbuf *sb) {
+  const fl_graph *g = em->g;
+  sb_printf(sb, "void %s_init(%s *m, uint64_t seed) {\n  m->seed = seed;\n  m->dropout_runs = 0;\n"
+                "  m->step = 0;\n  m->consumed = 0;\n", em->prefix, em->prefix);
+  for (int i = 0; i < g->nnodes; i++) {
+    const fl_node *v = &g->nodes[i];
+    if (v->op != FL_OP_VARIABLE) continue;
+    const fl_node *init = &g->nodes[v->attr.init];
+    const char *field = em->var_names[i];
+    char size[64], lit[64], b[64];
+    snprintf(size, sizeof size, "%lld", (long long)fl_shape_const_size(&v->shape));
+    switch (init->op) {
+    case FL_OP_FILL:
+      emit_literal(lit, sizeof lit, v->dtype, init->attr.value);
+      sb_printf(sb, "  for (size_t i = 0; i < %s; i++) /* %s */\n    m->vars.%s[i] = %s;\n", size, field, field, lit);
+      break;
+    case FL_OP_CONST:
+      sb_printf(sb, "  memcpy(m->vars.%s, c%d, sizeof m->vars.%s);\n", field, init->id, field);
+      break;
+    case FL_OP_RANDOM_UNIFORM:
+      emit_float(lit, sizeof lit, init->attr.a);
+      emit_float(b, sizeof b, init->attr.b);
+      sb_printf(sb, "  flrt_fill_uniform(m->vars.%s, %s, %s, %s, seed, %d);\n", field, size, lit, b, init->attr.stream);
+      break;
+    case FL_OP_TRUNCATED_NORMAL: case FL_OP_RANDOM_NORMAL:
+      emit_float(lit, sizeof lit, init->attr.a);
+      emit_float(b, sizeof b, init->attr.b);
+      sb_printf(sb, "  flrt_fill_%snormal(m->vars.%s, %s, %s, %s, seed, %d);\n",
+                init->op == FL_OP_TRUNCATED_NORMAL ? "truncated_" : "", field, size, lit, b, init->attr.stream);
+      break;
+    default:
+      fl_error(v->loc, "variable: an initial value must be a constant, a fill (zeros, ones, constant "
+                       "with shape) or a random initialiser; found %s", fl_op_name(init->op));
+      return -1;
+    }
+  }
+  sb_printf(sb, "}\n\n");
+  return 0;
+}
+
+static void emit_lifecycle(const emit_model *em, strbuf *sb) {
+  const fl_graph *g = em->g;
+  const char *p = em->prefix;
+  sb_printf(sb, "%s *%s_new(uint64_t seed) {\n  %s *m = calloc(1, sizeof *m);\n  if (!m) return NULL;\n"
+                "  %s_init(m, seed);\n  return m;\n}\n\n", p, p, p, p);
+  sb_printf(sb, "void %s_free(%s *m) {\n  if (!m) return;\n  flrt_arena_free(&m->arena);\n  free(m);\n}\n\n", p, p);
+  sb_printf(sb, "const char *%s_error(const %s *m) { return m->error; }\n\n", p, p);
+  sb_printf(sb, "static int fail(%s *m, const char *fmt, ...) {\n  va_list ap;\n  va_start(ap, fmt);\n"
+                "  vsnprintf(m->error, sizeof m->error, fmt, ap);\n  va_end(ap);\n  return -1;\n}\n\n", p);
+  int nvars = 0;
+  for (int i = 0; i < g->nnodes; i++) nvars += g->nodes[i].op == FL_OP_VARIABLE;
+  sb_printf(sb, "enum { VARIABLE_COUNT = %d };\n\n", nvars);
+  sb_printf(sb, "/* The checkpoint's view of the variables: TensorFlow's names. */\n"
+                "static void describe_variables(%s *m, flrt_tensor *t) {\n", p);
+  int k = 0;
+  for (int i = 0; i < g->nnodes; i++) {
+    const fl_node *v = &g->nodes[i];
+    if (v->op != FL_OP_VARIABLE) continue;
+    char name[256];
+    checkpoint_name(g, i, name, sizeof name);
+    sb_printf(sb, "  t[%d] = (flrt_tensor){\"%s\", %s, %d, {", k++, name, emit_rt_dtype(v->dtype), v->shape.rank);
+    for (int j = 0; j < v->shape.rank; j++) sb_printf(sb, "%s%lld", j ? ", " : "", (long long)v->shape.dims[j].coef);
+    sb_printf(sb, "%s}, m->vars.%s};\n", v->shape.rank ? "" : "0", em->var_names[i]);
+  }
+  if (!nvars) sb_printf(sb, "  (void)m;\n  (void)t;\n");
+  sb_printf(sb, "}\n\n");
+  sb_printf(sb,
+            "int %s_save(%s *m, const char *path) {\n"
+            "  flrt_tensor tensors[VARIABLE_COUNT + 1];\n  describe_variables(m, tensors);\n"
+            "  char state[160];\n"
+            "  snprintf(state, sizeof state, \"step=%%lld consumed=%%lld dropout_runs=%%llu seed=%%llu\",\n"
+            "           (long long)m->step, (long long)m->consumed, (unsigned long long)m->dropout_runs,\n"
+            "           (unsigned long long)m->seed);\n"
+            "  const char *keys[] = {\"flowc_model\", \"flowc_state\"};\n"
+            "  const char *values[] = {\"%s\", state};\n"
+            "  char err[512];\n"
+            "  if (flrt_checkpoint_save(path, tensors, VARIABLE_COUNT, keys, values, 2, err, sizeof err))\n"
+            "    return fail(m, \"%%s\", err);\n  return 0;\n}\n\n",
+            p, p, p);
+  sb_printf(sb,
+            "int %s_load(%s *m, const char *path) {\n"
+            "  flrt_tensor tensors[VARIABLE_COUNT + 1];\n  describe_variables(m, tensors);\n"
+            "  char state[160] = \"\", err[512];\n"
+            "  if (flrt_checkpoint_load(path, tensors, VARIABLE_COUNT, \"flowc_state\", state, sizeof state, err, sizeof err))\n"
+            "    return fail(m, \"%%s\", err);\n"
+            "  long long step = 0, consumed = 0;\n  unsigned long long runs = 0, seed = 0;\n"
+            "  if (sscanf(state, \"step=%%lld consumed=%%lld dropout_runs=%%llu seed=%%llu\", &step, &consumed, &runs, &seed) != 4)\n"
+            "    return fail(m, \"%%s: no flowc training state in the checkpoint's metadata\", path);\n"
+            "  m->step = step;\n  m->consumed = consumed;\n  m->dropout_runs = runs;\n  m->seed = seed;\n"
+            "  return 0;\n}\n\n",
+            p, p);
+}
+
+static void emit_entry_body(const emit_model *em, const emit_entry *e, strbuf *sb) {
+  const fl_graph *g = em->g;
+  char **buffers = xcalloc((size_t)g->nnodes, sizeof(char *));
+  bool *is_const = xcalloc((size_t)g->nnodes, sizeof(bool));
+  char size[160], label[96];
+  sb_printf(sb, "int %s_%s(", em->prefix, e->name);
+  entry_params(em, e, sb);
+  sb_printf(sb, ") {\n");
+  for (int s = 0; s < g->nsyms; s++)
+    if (e->syms[s]) {
+      char name[64];
+      fl_c_identifier(g->syms[s], name, sizeof name);
+      sb_printf(sb, "  if (%s < 1)\n    return fail(m, \"%s_%s: %s must be at least 1, got %%lld\", (long long)%s);\n",
+                name, em->prefix, e->name, name, name);
+    }
+  /* Arena offsets: every computed tensor gets its own slice, sized now that
+   * the symbols are known. */
+  sb_printf(sb, "  size_t arena_bytes = 0;\n");
+  for (int i = 0; i < g->nnodes; i++) {
+    const fl_node *n = &g->nodes[i];
+    if (!e->needed[i] || e->fed[i] || !kernel_exists(n->op) || fl_op_has_side_effect(n->op)) continue;
+    emit_size(g, &n->shape, size, sizeof size);
+    sb_printf(sb, "  const size_t at%d = arena_bytes;\n  arena_bytes += flrt_align((size_t)(%s) * sizeof(%s));\n",
+              i, size, emit_ctype(n->dtype));
+    if (kernel_needs_scratch(n->op)) {
+      kernel_scratch_size(g, n, size, sizeof size);
+      sb_printf(sb, "  const size_t scratch%d = arena_bytes;\n  arena_bytes += flrt_align((size_t)(%s) * sizeof(float));\n",
+                i, size);
+    }
+  }
+  sb_printf(sb, "  if (flrt_arena_reserve(&m->arena, arena_bytes))\n"
+                "    return fail(m, \"%s_%s: out of memory for %%zu bytes of intermediate tensors\", arena_bytes);\n"
+                "  unsigned char *arena = m->arena.base;\n  (void)arena;\n", em->prefix, e->name);
+  /* Buffers: feeds, variables, constants, aliases and arena slices. */
+  for (int i = 0; i < g->nnodes; i++) {
+    if (!e->needed[i]) continue;
+    const fl_node *n = &g->nodes[i];
+    const char *type = emit_ctype(n->dtype);
+    char *buf = xcalloc(32, 1);
+    snprintf(buf, 32, "t%d", i);
+    buffers[i] = buf;
+    if (e->fed[i]) {
+      emit_node_label(g, i, label, sizeof label);
+      sb_printf(sb, "  const %s *t%d = %s%s;\n", type, i, n->shape.rank ? "" : "&", label);
+      is_const[i] = true;
+    } else if (n->op == FL_OP_VARIABLE) {
+      sb_printf(sb, "  %s *t%d = m->vars.%s;\n", type, i, em->var_names[i]);
+    } else if (n->op == FL_OP_CONST) {
+      sb_printf(sb, "  const %s *t%d = c%d;\n", type, i, i);
+      is_const[i] = true;
+    } else if (n->op == FL_OP_RESHAPE || n->op == FL_OP_ASSIGN) {
+      int src = n->inputs[n->op == FL_OP_ASSIGN ? 1 : 0];
+      is_const[i] = is_const[src];
+      sb_printf(sb, "  %s%s *t%d = t%d; /* %s: the same data */\n", is_const[i] ? "const " : "", type, i, src,
+                fl_op_name(n->op));
+    } else if (kernel_exists(n->op) && !fl_op_has_side_effect(n->op)) {
+      sb_printf(sb, "  %s *t%d = (%s *)(arena + at%d);\n", type, i, type, i);
+    }
+  }
+  /* Pure nodes in node order, then the fetches, then the side effects. */
+  for (int i = 0; i < g->nnodes; i++) {
+    const fl_node *n = &g->nodes[i];
+    if (!e->needed[i] || e->fed[i] || !kernel_exists(n->op) || fl_op_has_side_effect(n->op)) continue;
+    char scratch[64];
+    snprintf(scratch, sizeof scratch, "(float *)(arena + scratch%d)", i);
+    emit_kernel_call(g, i, (const char *const *)buffers, scratch, sb);
+  }
+  for (int i = 0; i < e->nfetches; i++) {
+    int id = e->fetches[i];
+    emit_node_label(g, id, label, sizeof label);
+    emit_size(g, &g->nodes[id].shape, size, sizeof size);
+    sb_printf(sb, "  if (out_%s)\n    memcpy(out_%s, t%d, (size_t)(%s) * sizeof *out_%s);\n", label, label, id, size, label);
+  }
+  for (int i = 0; i < g->nnodes; i++) {
+    const fl_node *n = &g->nodes[i];
+    if (!e->needed[i] || e->fed[i] || !fl_op_has_side_effect(n->op)) continue;
+    if (n->op == FL_OP_ASSIGN) {
+      emit_node_comment(g, n, sb);
+      sb_printf(sb, "  memmove(m->vars.%s, t%d, sizeof m->vars.%s);\n", em->var_names[n->inputs[0]], i,
+                em->var_names[n->inputs[0]]);
+    } else if (kernel_exists(n->op))
+      emit_kernel_call(g, i, (const char *const *)buffers, NULL, sb);
+  }
+  if (e->uses_dropout) sb_printf(sb, "  m->dropout_runs++;\n");
+  sb_printf(sb, "  return 0;\n}\n\n");
+  for (int i = 0; i < g->nnodes; i++) free(buffers[i]);
+  free(buffers);
+  free(is_const);
+}
+
+static int emit_source(const emit_model *em, strbuf *sb) {
+  const fl_graph *g = em->g;
+  sb_printf(sb, "/* %s.c - generated by flowc %s from %s. Each kernel function implements\n"
+                " * the graph node named in the comment above it. Do not edit. */\n",
+            em->prefix, FLOWC_VERSION, em->opt->source_path ? em->opt->source_path : "a description");
+  sb_printf(sb, "#include <math.h>\n#include <stdarg.h>\n#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n\n"
+                "#include <cblas.h>\n\n#include \"%s.h\"\n\n", em->prefix);
+  /* Every node any entry or initialiser needs. */
+  bool *used = xcalloc((size_t)g->nnodes, sizeof(bool));
+  for (int e = 0; e < em->nentries; e++)
+    for (int i = 0; i < g->nnodes; i++)
+      if (em->entries[e].needed[i] && !em->entries[e].fed[i]) used[i] = true;
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i].op == FL_OP_VARIABLE && g->nodes[i].attr.init >= 0) used[g->nodes[i].attr.init] = true;
+  for (int i = 0; i < g->nnodes; i++)
+    if (used[i] && g->nodes[i].op == FL_OP_CONST) emit_const_data(g, i, sb);
+  sb_printf(sb, "\n");
+  for (int i = 0; i < g->nnodes; i++)
+    if (used[i] && kernel_exists(g->nodes[i].op)) {
+      bool init_only = true;
+      for (int e = 0; e < em->nentries; e++)
+        if (em->entries[e].needed[i] && !em->entries[e].fed[i]) init_only = false;
+      if (!init_only) emit_kernel(g, i, sb);
+    }
+  free(used);
+  emit_lifecycle(em, sb);
+  if (emit_init(em, sb)) return -1;
+  for (int e = 0; e < em->nentries; e++) emit_entry_body(em, &em->entries[e], sb);
+  return 0;
+}
+
+int fl_emit_c(const fl_graph *g, const char *dir, const fl_codegen_options *opt) {
+  emit_model em;
+  memset(&em, 0, sizeof em);
+  em.g = g;
+  em.opt = opt;
+  fl_c_identifier(opt->name ? opt->name : "model", em.prefix, sizeof em.prefix);
+  em.entries = xcalloc((size_t)g->train.nactions + 1, sizeof(emit_entry));
+  em.action_entry = xcalloc((size_t)g->train.nactions + 1, sizeof(int));
+  var_field_names(&em);
+  int status = 0;
+  for (int i = 0; i < g->train.nactions && status == 0; i++) {
+    em.action_entry[i] = build_entry_for_action(&em, &g->train.actions[i]);
+    if (em.action_entry[i] < 0) status = -1;
+  }
+  strbuf header = {0}, source = {0}, main_c = {0};
+  if (status == 0) {
+    emit_header(&em, &header);
+    status = emit_source(&em, &source);
+  }
+  if (status == 0 && opt->with_main) status = emit_main(&em, &main_c);
+  if (status == 0) {
+    char name[128];
+    snprintf(name, sizeof name, "%s.h", em.prefix);
+    status = sb_write_file(&header, dir, name);
+    snprintf(name, sizeof name, "%s.c", em.prefix);
+    if (status == 0) status = sb_write_file(&source, dir, name);
+    if (status == 0 && opt->with_main) status = sb_write_file(&main_c, dir, "main.c");
+  }
+  sb_free(&header);
+  sb_free(&source);
+  sb_free(&main_c);
+  free_entries(&em);
+  return status;
+}

@@ -1,0 +1,56 @@
+/* emit_internal.h - what the C backend's files share: text buffers, naming, plans. */
+#ifndef FLOWC_EMIT_INTERNAL_H
+#define FLOWC_EMIT_INTERNAL_H
+
+#include "codegen.h"
+
+typedef struct {
+  char *text;
+  size_t len, cap;
+} strbuf;
+
+void sb_printf(strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_free(strbuf *sb);
+int sb_write_file(const strbuf *sb, const char *dir, const char *name);
+
+const char *emit_ctype(fl_dtype t);
+const char *emit_rt_dtype(fl_dtype t);
+void emit_float(char *buf, size_t cap, double v);
+void emit_dim(const fl_graph *g, fl_dim d, char *buf, size_t cap);
+void emit_dims_product(const fl_graph *g, const fl_shape *s, int from, int to, char *buf,
+                       size_t cap);
+void emit_size(const fl_graph *g, const fl_shape *s, char *buf, size_t cap);
+void emit_node_syms(const fl_graph *g, const fl_node *n, bool *uses);
+void emit_node_label(const fl_graph *g, int id, char *buf, size_t cap);
+void emit_node_comment(const fl_graph *g, const fl_node *n, strbuf *sb);
+
+/* An entry point: one run of the graph, as one action of the train block asks. */
+typedef struct {
+  char name[96];   /* C name without the model prefix ("train_step") */
+  int *fetches;    /* tensors returned, in order */
+  int nfetches;
+  int *runs;       /* side-effect targets (train ops, assigns) */
+  int nruns;
+  int *feeds;      /* fed nodes, in parameter order: data feeds first */
+  int nfeeds;
+  bool *fed;       /* per node */
+  bool *needed;    /* per node: evaluated by this entry */
+  bool *syms;      /* per symbol: a parameter of this entry */
+  bool uses_dropout;
+  fl_when when;    /* of the first action that uses it */
+} emit_entry;
+
+typedef struct {
+  const fl_graph *g;
+  const fl_codegen_options *opt;
+  char prefix[96];        /* API prefix: "mnist_softmax" */
+  emit_entry *entries;
+  int nentries;
+  int *action_entry;      /* per train action: its entry */
+  char (*var_names)[96];  /* per node: C field name of a VARIABLE */
+} emit_model;
+
+/* Writes main.c: the training driver over the model's entries. */
+int emit_main(const emit_model *em, strbuf *sb);
+
+#endif

@@ -1,0 +1,474 @@
+/* kernels_c.c - one C function per IR node: loops for elementwise ops and
+ * reductions, OpenBLAS for matmul, runtime calls for convolution and pooling. */
+#include <string.h>
+
+#include "emit_internal.h"
+#include "kernels_c.h"
+
+/* ---- index expressions ------------------------------------------------------ */
+
+/* The flat index into a tensor of shape `in`, broadcast against loops i0..i{r-1}
+ * over a shape of rank r (numpy alignment: trailing dims line up). Dims of 1
+ * contribute nothing, which is what broadcasting means. */
+static void broadcast_index(const fl_graph *g, const fl_shape *in, int r, char *buf, size_t cap) {
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int j = 0; j < in->rank; j++) {
+    fl_dim d = in->dims[j];
+    if (d.sym < 0 && d.coef == 1) continue;
+    int loop = j + (r - in->rank);
+    char stride[128];
+    emit_dims_product(g, in, j + 1, in->rank, stride, sizeof stride);
+    if (strcmp(stride, "1") == 0)
+      used += (size_t)snprintf(buf + used, cap - used, "%si%d", used ? " + " : "", loop);
+    else
+      used += (size_t)snprintf(buf + used, cap - used, "%si%d * %s", used ? " + " : "", loop,
+                               stride);
+    if (used >= cap) break;
+  }
+  if (!used) snprintf(buf, cap, "0");
+}
+
+/* Opens one loop per dim of `s` (i0, i1, ...), indented; returns the depth. */
+static int open_loops(const fl_graph *g, const fl_shape *s, strbuf *sb) {
+  for (int j = 0; j < s->rank; j++) {
+    char dim[96];
+    emit_dim(g, s->dims[j], dim, sizeof dim);
+    sb_printf(sb, "%*sfor (int64_t i%d = 0; i%d < %s; i%d++)\n", 2 + 2 * j, "", j, j, dim, j);
+  }
+  return s->rank;
+}
+
+/* ---- elementwise expressions ------------------------------------------------ */
+
+static void elementwise_expr(const fl_graph *g, const fl_node *n, const char *a, const char *b,
+                             char *buf, size_t cap) {
+  fl_dtype in = n->ninputs ? g->nodes[n->inputs[0]].dtype : n->dtype;
+  bool f = in == FL_F32;
+  switch (n->op) {
+  case FL_OP_ADD: snprintf(buf, cap, "%s + %s", a, b); break;
+  case FL_OP_SUB: snprintf(buf, cap, "%s - %s", a, b); break;
+  case FL_OP_MUL: snprintf(buf, cap, "%s * %s", a, b); break;
+  case FL_OP_DIV:
+    if (f) snprintf(buf, cap, "%s / %s", a, b);
+    else snprintf(buf, cap, "%s != 0 ? %s / %s : 0", b, a, b); /* no trap on x / 0 */
+    break;
+  case FL_OP_NEG: snprintf(buf, cap, "-%s", a); break;
+  case FL_OP_SQUARE: snprintf(buf, cap, "%s * %s", a, a); break;
+  case FL_OP_SQRT: snprintf(buf, cap, "sqrtf(%s)", a); break;
+  case FL_OP_LOG: snprintf(buf, cap, "logf(%s)", a); break;
+  case FL_OP_EXP: snprintf(buf, cap, "expf(%s)", a); break;
+  case FL_OP_RELU: snprintf(buf, cap, "%s > 0.0f ? %s : 0.0f", a, a); break;
+  case FL_OP_SIGMOID: snprintf(buf, cap, "1.0f / (1.0f + expf(-%s))", a); break;
+  case FL_OP_TANH: snprintf(buf, cap, "tanhf(%s)", a); break;
+  case FL_OP_RELU_GRAD: snprintf(buf, cap, "%s > 0.0f ? %s : 0.0f", b, a); break;
+  case FL_OP_EQUAL: snprintf(buf, cap, "%s == %s", a, b); break;
+  case FL_OP_CAST:
+    if (n->dtype == FL_BOOL) snprintf(buf, cap, "%s != 0", a);
+    else snprintf(buf, cap, "(%s)%s", emit_ctype(n->dtype), a);
+    break;
+  default: snprintf(buf, cap, "0 /* unsupported */"); break;
+  }
+}
+
+static void emit_elementwise(const fl_graph *g, const fl_node *n, strbuf *sb) {
+  char size[128], expr[1024], a[300], b[300];
+  emit_size(g, &n->shape, size, sizeof size);
+  bool flat = true;
+  for (int i = 0; i < n->ninputs; i++) {
+    const fl_shape *s = &g->nodes[n->inputs[i]].shape;
+    if (!fl_shape_eq(s, &n->shape) && fl_shape_const_size(s) != 1) flat = false;
+  }
+  if (flat) {
+    /* Same shapes (or scalars against a tensor): one flat loop. */
+    for (int i = 0; i < n->ninputs && i < 2; i++) {
+      bool scalar = !fl_shape_eq(&g->nodes[n->inputs[i]].shape, &n->shape);
+      snprintf(i ? b : a, 300, "in%d[%s]", i, scalar ? "0" : "i");
+    }
+    elementwise_expr(g, n, a, b, expr, sizeof expr);
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out[i] = %s;\n", size, expr);
+    return;
+  }
+  char idx_a[256], idx_b[256], idx_out[256];
+  broadcast_index(g, &g->nodes[n->inputs[0]].shape, n->shape.rank, idx_a, sizeof idx_a);
+  snprintf(a, sizeof a, "in0[%s]", idx_a);
+  if (n->ninputs > 1) {
+    broadcast_index(g, &g->nodes[n->inputs[1]].shape, n->shape.rank, idx_b, sizeof idx_b);
+    snprintf(b, sizeof b, "in1[%s]", idx_b);
+  }
+  broadcast_index(g, &n->shape, n->shape.rank, idx_out, sizeof idx_out);
+  elementwise_expr(g, n, a, b, expr, sizeof expr);
+  int depth = open_loops(g, &n->shape, sb);
+  sb_printf(sb, "%*sout[%s] = %s;\n", 2 + 2 * depth, "", idx_out, expr);
+}
+
+/* ---- reductions ------------------------------------------------------------- */
+
+/* Sums `in` (loops over its dims) into out, where out_index maps input loops
+ * to the output element; scale multiplies each output at the end. */
+static void emit_sum_loops(const fl_graph *g, const fl_node *n, const fl_shape *in,
+                           const char *out_index, const char *scale, strbuf *sb) {
+  char out_size[128], in_idx[256];
+  emit_size(g, &n->shape, out_size, sizeof out_size);
+  broadcast_index(g, in, in->rank, in_idx, sizeof in_idx);
+  if (fl_shape_const_size(&n->shape) == 1) {
+    /* A total: accumulate in double, which keeps long sums accurate. */
+    char in_size[128];
+    emit_size(g, in, in_size, sizeof in_size);
+    sb_printf(sb, "  double total = 0.0;\n  for (int64_t i = 0; i < %s; i++)\n    total += in0[i];\n",
+              in_size);
+    sb_printf(sb, "  out[0] = (%s)(total%s%s);\n", emit_ctype(n->dtype), scale ? " * " : "",
+              scale ? scale : "");
+    return;
+  }
+  sb_printf(sb, "  memset(out, 0, (size_t)(%s) * sizeof *out);\n", out_size);
+  int depth = open_loops(g, in, sb);
+  sb_printf(sb, "%*sout[%s] += in0[%s];\n", 2 + 2 * depth, "", out_index, in_idx);
+  if (scale)
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out[i] *= %s;\n", out_size, scale);
+}
+
+/* Output index of a reduction: the kept axes of the input, in order. */
+static void reduce_out_index(const fl_graph *g, const fl_node *n, const fl_shape *in, char *buf,
+                             size_t cap) {
+  fl_shape kept;
+  kept.rank = 0;
+  int loop_of[FL_MAX_RANK];
+  for (int j = 0; j < in->rank; j++) {
+    bool reduced = n->attr.naxes == 0;
+    for (int k = 0; k < n->attr.naxes; k++) reduced |= n->attr.axes[k] == j;
+    if (!reduced) {
+      loop_of[kept.rank] = j;
+      kept.dims[kept.rank++] = in->dims[j];
+    }
+  }
+  size_t used = 0;
+  buf[0] = '\0';
+  for (int k = 0; k < kept.rank; k++) {
+    char stride[128];
+    emit_dims_product(g, &kept, k + 1, kept.rank, stride, sizeof stride);
+    used += (size_t)snprintf(buf + used, cap - used, "%si%d%s%s", used ? " + " : "", loop_of[k],
+                             strcmp(stride, "1") ? " * " : "", strcmp(stride, "1") ? stride : "");
+    if (used >= cap) break;
+  }
+  if (!used) snprintf(buf, cap, "0");
+}
+
+/* Output index of SUM_TO: the input's trailing axes where the target keeps them. */
+static void sum_to_out_index(const fl_graph *g, const fl_node *n, const fl_shape *in, char *buf,
+                             size_t cap) {
+  fl_shape masked = n->shape;
+  (void)in;
+  /* broadcast_index skips dims of 1, and the target's loops are the input's
+   * trailing ones, so the same helper gives the output index. */
+  broadcast_index(g, &masked, in->rank, buf, cap);
+}
+
+/* ---- kernels ---------------------------------------------------------------- */
+
+static void emit_matmul(const fl_graph *g, const fl_node *n, strbuf *sb) {
+  const fl_shape *a = &g->nodes[n->inputs[0]].shape, *b = &g->nodes[n->inputs[1]].shape;
+  char m[96], k[96], cols[96], lda[96], ldb[96];
+  emit_dim(g, n->shape.dims[0], m, sizeof m);
+  emit_dim(g, n->shape.dims[1], cols, sizeof cols);
+  emit_dim(g, a->dims[n->attr.transpose_a ? 0 : 1], k, sizeof k);
+  emit_dim(g, a->dims[1], lda, sizeof lda);
+  emit_dim(g, b->dims[1], ldb, sizeof ldb);
+  if (n->dtype == FL_F32) {
+    sb_printf(sb,
+              "  cblas_sgemm(CblasRowMajor, %s, %s, (blasint)(%s), (blasint)(%s), (blasint)(%s),\n"
+              "              1.0f, in0, (blasint)(%s), in1, (blasint)(%s), 0.0f, out, (blasint)(%s));\n",
+              n->attr.transpose_a ? "CblasTrans" : "CblasNoTrans",
+              n->attr.transpose_b ? "CblasTrans" : "CblasNoTrans", m, cols, k, lda, ldb, cols);
+    return;
+  }
+  sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    for (int64_t j = 0; j < %s; j++) {\n", m, cols);
+  sb_printf(sb, "      %s sum = 0;\n      for (int64_t p = 0; p < %s; p++)\n", emit_ctype(n->dtype), k);
+  sb_printf(sb, "        sum += in0[%s] * in1[%s];\n", n->attr.transpose_a ? "p * (int64_t)(m_lda) + i" : "i * (int64_t)(m_lda) + p",
+            n->attr.transpose_b ? "j * (int64_t)(m_ldb) + p" : "p * (int64_t)(m_ldb) + j");
+  sb_printf(sb, "      out[i * (int64_t)(%s) + j] = sum;\n    }\n", cols);
+}
+
+/* flrt_window for a conv or pool node, from the NHWC input shape. */
+static void emit_window(const fl_graph *g, const fl_node *n, const fl_shape *x, int64_t kh,
+                        int64_t kw, strbuf *sb) {
+  char batch[96];
+  emit_dim(g, x->dims[0], batch, sizeof batch);
+  sb_printf(sb, "  flrt_window w;\n  flrt_window_init(&w, %s, %lld, %lld, %lld, %lld, %lld, %d, %d, %s);\n",
+            batch, (long long)x->dims[1].coef, (long long)x->dims[2].coef,
+            (long long)x->dims[3].coef, (long long)kh, (long long)kw, n->attr.strides[0],
+            n->attr.strides[1], n->attr.padding == FL_PAD_SAME ? "true" : "false");
+}
+
+static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb) {
+  const fl_shape *logits = &g->nodes[n->inputs[n->op == FL_OP_SOFTMAX ? 0 : 1]].shape;
+  char rows[128], classes[96];
+  emit_dims_product(g, logits, 0, logits->rank - 1, rows, sizeof rows);
+  emit_dim(g, logits->dims[logits->rank - 1], classes, sizeof classes);
+  const char *z = n->op == FL_OP_SOFTMAX ? "in0" : "in1";
+  sb_printf(sb, "  const int64_t classes = %s;\n", classes);
+  sb_printf(sb, "  for (int64_t r = 0; r < %s; r++) {\n", rows);
+  sb_printf(sb, "    const float *z = %s + r * classes;\n", z);
+  sb_printf(sb, "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n"
+                "      if (z[c] > max) max = z[c];\n");
+  sb_printf(sb, "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++)\n"
+                "      sum += exp((double)z[c] - max);\n");
+  switch (n->op) {
+  case FL_OP_SOFTMAX:
+    sb_printf(sb, "    for (int64_t c = 0; c < classes; c++)\n"
+                  "      out[r * classes + c] = (float)(exp((double)z[c] - max) / sum);\n");
+    break;
+  case FL_OP_SOFTMAX_XENT:
+    /* -sum(labels * log_softmax(z)), log_softmax = z - max - log(sum) */
+    sb_printf(sb, "    const double log_sum = log(sum);\n    double loss = 0.0;\n"
+                  "    for (int64_t c = 0; c < classes; c++)\n"
+                  "      loss -= in0[r * classes + c] * ((double)z[c] - max - log_sum);\n"
+                  "    out[r] = (float)loss;\n");
+    break;
+  default: /* SOFTMAX_XENT_GRAD: (softmax(z) - labels) * dy */
+    sb_printf(sb, "    for (int64_t c = 0; c < classes; c++)\n"
+                  "      out[r * classes + c] = (float)((exp((double)z[c] - max) / sum - in0[r * classes + c]) * in2[r]);\n");
+    break;
+  }
+  sb_printf(sb, "  }\n");
+}
+
+static void emit_argmax(const fl_graph *g, const fl_node *n, strbuf *sb) {
+  const fl_shape *in = &g->nodes[n->inputs[0]].shape;
+  int axis = n->attr.axes[0];
+  char outer[128], inner[128], len[96];
+  emit_dims_product(g, in, 0, axis, outer, sizeof outer);
+  emit_dims_product(g, in, axis + 1, in->rank, inner, sizeof inner);
+  emit_dim(g, in->dims[axis], len, sizeof len);
+  sb_printf(sb, "  const int64_t inner = %s, len = %s;\n", inner, len);
+  sb_printf(sb, "  for (int64_t o = 0; o < %s; o++)\n    for (int64_t i = 0; i < inner; i++) {\n", outer);
+  sb_printf(sb, "      const %s *v = in0 + o * len * inner + i;\n", emit_ctype(g->nodes[n->inputs[0]].dtype));
+  sb_printf(sb, "      int64_t best = 0;\n      for (int64_t k = 1; k < len; k++)\n"
+                "        if (v[k * inner] > v[best * inner]) best = k; /* first max wins */\n"
+                "      out[o * inner + i] = best;\n    }\n");
+}
+
+static void emit_update(const fl_graph *g, const fl_node *n, strbuf *sb) {
+  char size[128], lr[48], b1[48], b2[48], eps[48], mom[48];
+  emit_size(g, &n->shape, size, sizeof size);
+  emit_float(lr, sizeof lr, n->attr.lr);
+  emit_float(b1, sizeof b1, n->attr.beta1);
+  emit_float(b2, sizeof b2, n->attr.beta2);
+  emit_float(eps, sizeof eps, n->attr.epsilon);
+  emit_float(mom, sizeof mom, n->attr.momentum);
+  switch (n->op) {
+  case FL_OP_APPLY_SGD:
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    var[i] -= %s * grad[i];\n", size, lr);
+    break;
+  case FL_OP_APPLY_MOMENTUM:
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++) {\n    accum[i] = %s * accum[i] + grad[i];\n"
+                  "    var[i] -= %s * accum[i];\n  }\n", size, mom, lr);
+    break;
+  default: /* TensorFlow's Adam: bias correction folded into the step size */
+    sb_printf(sb, "  const float lr_t = %s * sqrtf(1.0f - beta2_power[0]) / (1.0f - beta1_power[0]);\n", lr);
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++) {\n", size);
+    sb_printf(sb, "    m[i] = %s * m[i] + (1.0f - %s) * grad[i];\n", b1, b1);
+    sb_printf(sb, "    v[i] = %s * v[i] + (1.0f - %s) * grad[i] * grad[i];\n", b2, b2);
+    sb_printf(sb, "    var[i] -= lr_t * m[i] / (sqrtf(v[i]) + %s);\n  }\n", eps);
+    break;
+  }
+}
+
+bool kernel_exists(fl_op op) {
+  switch (op) {
+  case FL_OP_PLACEHOLDER: case FL_OP_VARIABLE: case FL_OP_CONST: case FL_OP_RESHAPE:
+  case FL_OP_GROUP: case FL_OP_ASSIGN: case FL_OP_MINIMIZE: case FL_OP_RANDOM_UNIFORM:
+  case FL_OP_TRUNCATED_NORMAL: case FL_OP_RANDOM_NORMAL:
+    return false;
+  default:
+    return true;
+  }
+}
+
+bool kernel_needs_scratch(fl_op op) {
+  return op == FL_OP_CONV2D || op == FL_OP_CONV2D_GRAD_INPUT || op == FL_OP_CONV2D_GRAD_FILTER;
+}
+
+/* The scratch size of a conv kernel, in floats, as a C expression. */
+void kernel_scratch_size(const fl_graph *g, const fl_node *n, char *buf, size_t cap) {
+  /* im2col of the forward input: (N*OH*OW) x (KH*KW*C) */
+  const fl_shape *x = n->op == FL_OP_CONV2D_GRAD_INPUT ? &n->shape : &g->nodes[n->inputs[0]].shape;
+  const fl_shape *w = n->op == FL_OP_CONV2D_GRAD_FILTER ? &n->shape : &g->nodes[n->inputs[1]].shape;
+  const fl_shape *y = n->op == FL_OP_CONV2D ? &n->shape : n->op == FL_OP_CONV2D_GRAD_INPUT ? &g->nodes[n->inputs[0]].shape : &g->nodes[n->inputs[1]].shape;
+  char batch[96];
+  emit_dim(g, x->dims[0], batch, sizeof batch);
+  snprintf(buf, cap, "(%s) * %lld", batch,
+           (long long)(y->dims[1].coef * y->dims[2].coef * w->dims[0].coef * w->dims[1].coef *
+                       w->dims[2].coef));
+}
+
+/* Names of a kernel's parameters, in order, for the definition and the call. */
+static const char *const adam_names[] = {"var", "m", "v", "grad", "beta1_power", "beta2_power"};
+static const char *const momentum_names[] = {"var", "accum", "grad"};
+static const char *const sgd_names[] = {"var", "grad"};
+
+static const char *param_name(const fl_node *n, int i, char *buf, size_t cap) {
+  if (n->op == FL_OP_APPLY_ADAM) return adam_names[i];
+  if (n->op == FL_OP_APPLY_MOMENTUM) return momentum_names[i];
+  if (n->op == FL_OP_APPLY_SGD) return sgd_names[i];
+  snprintf(buf, cap, "in%d", i);
+  return buf;
+}
+
+static bool param_is_written(const fl_node *n, int i) {
+  switch (n->op) {
+  case FL_OP_APPLY_SGD: return i == 0;
+  case FL_OP_APPLY_MOMENTUM: return i <= 1;
+  case FL_OP_APPLY_ADAM: return i <= 2;
+  default: return false;
+  }
+}
+
+static bool kernel_has_out(const fl_node *n) {
+  return !fl_op_has_side_effect(n->op);
+}
+
+void kernel_function_name(const fl_graph *g, int id, char *buf, size_t cap) {
+  char label[96];
+  emit_node_label(g, id, label, sizeof label);
+  snprintf(buf, cap, "k%d_%s_%s", id, fl_op_name(g->nodes[id].op), g->nodes[id].name ? label : "");
+  size_t len = strlen(buf);
+  if (len && buf[len - 1] == '_') buf[len - 1] = '\0';
+  /* op names like softmax_cross_entropy_with_logits are long: keep them */
+}
+
+void emit_kernel(const fl_graph *g, int id, strbuf *sb) {
+  const fl_node *n = &g->nodes[id];
+  char fname[192], pname[16];
+  kernel_function_name(g, id, fname, sizeof fname);
+  emit_node_comment(g, n, sb);
+  sb_printf(sb, "static void %s(", fname);
+  int nparams = 0;
+  for (int i = 0; i < n->ninputs; i++) {
+    const fl_node *in = &g->nodes[n->inputs[i]];
+    if (n->op == FL_OP_DROPOUT_MASK && i == 0) continue; /* only its shape matters */
+    sb_printf(sb, "%s%s%s *restrict %s", nparams++ ? ", " : "", param_is_written(n, i) ? "" : "const ",
+              emit_ctype(in->dtype), param_name(n, i, pname, sizeof pname));
+  }
+  if (kernel_has_out(n))
+    sb_printf(sb, "%s%s *restrict out", nparams++ ? ", " : "", emit_ctype(n->dtype));
+  if (kernel_needs_scratch(n->op)) sb_printf(sb, "%sfloat *restrict scratch", nparams++ ? ", " : "");
+  if (n->op == FL_OP_DROPOUT_MASK) sb_printf(sb, "%suint64_t seed, uint64_t run", nparams++ ? ", " : "");
+  bool uses[64];
+  emit_node_syms(g, n, uses);
+  for (int s = 0; s < g->nsyms && s < 64; s++)
+    if (uses[s]) {
+      char name[64];
+      fl_c_identifier(g->syms[s], name, sizeof name);
+      sb_printf(sb, "%sint64_t %s", nparams++ ? ", " : "", name);
+    }
+  if (!nparams) sb_printf(sb, "void");
+  sb_printf(sb, ") {\n");
+
+  const fl_shape *x = n->ninputs ? &g->nodes[n->inputs[0]].shape : NULL;
+  char size[128], buf[256], lit[64];
+  emit_size(g, &n->shape, size, sizeof size);
+  switch (n->op) {
+  case FL_OP_FILL:
+    emit_float(lit, sizeof lit, n->attr.value);
+    if (n->dtype != FL_F32) snprintf(lit, sizeof lit, "(%s)%lld", emit_ctype(n->dtype), (long long)n->attr.value);
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out[i] = %s;\n", size, lit);
+    break;
+  case FL_OP_MATMUL:
+    if (n->dtype != FL_F32) {
+      char lda[96], ldb[96];
+      emit_dim(g, x->dims[1], lda, sizeof lda);
+      emit_dim(g, g->nodes[n->inputs[1]].shape.dims[1], ldb, sizeof ldb);
+      sb_printf(sb, "  const int64_t m_lda = %s, m_ldb = %s;\n", lda, ldb);
+    }
+    emit_matmul(g, n, sb);
+    break;
+  case FL_OP_CONV2D: {
+    const fl_shape *w = &g->nodes[n->inputs[1]].shape;
+    emit_window(g, n, x, w->dims[0].coef, w->dims[1].coef, sb);
+    sb_printf(sb, "  flrt_conv2d(&w, %lld, in0, in1, out, scratch);\n", (long long)w->dims[3].coef);
+    break;
+  }
+  case FL_OP_CONV2D_GRAD_INPUT: {
+    const fl_shape *w = &g->nodes[n->inputs[1]].shape;
+    emit_window(g, n, &n->shape, w->dims[0].coef, w->dims[1].coef, sb);
+    sb_printf(sb, "  flrt_conv2d_grad_input(&w, %lld, in0, in1, out, scratch);\n", (long long)w->dims[3].coef);
+    break;
+  }
+  case FL_OP_CONV2D_GRAD_FILTER:
+    emit_window(g, n, x, n->shape.dims[0].coef, n->shape.dims[1].coef, sb);
+    sb_printf(sb, "  flrt_conv2d_grad_filter(&w, %lld, in0, in1, out, scratch);\n", (long long)n->shape.dims[3].coef);
+    break;
+  case FL_OP_MAX_POOL: case FL_OP_MAX_POOL_GRAD:
+    emit_window(g, n, x, n->attr.ksize[0], n->attr.ksize[1], sb);
+    if (n->op == FL_OP_MAX_POOL) sb_printf(sb, "  flrt_max_pool(&w, in0, out);\n");
+    else sb_printf(sb, "  flrt_max_pool_grad(&w, in0, in1, out);\n");
+    break;
+  case FL_OP_REDUCE_SUM: case FL_OP_REDUCE_MEAN: {
+    char in_size[128], scale[300];
+    reduce_out_index(g, n, x, buf, sizeof buf);
+    emit_size(g, x, in_size, sizeof in_size);
+    snprintf(scale, sizeof scale, "(1.0 / (double)((%s) / (%s)))", in_size, size);
+    emit_sum_loops(g, n, x, buf, n->op == FL_OP_REDUCE_MEAN ? scale : NULL, sb);
+    break;
+  }
+  case FL_OP_SUM_TO:
+    sum_to_out_index(g, n, x, buf, sizeof buf);
+    emit_sum_loops(g, n, x, buf, NULL, sb);
+    break;
+  case FL_OP_BROADCAST: {
+    char in_idx[256], out_idx[256], in_size[128];
+    broadcast_index(g, x, n->shape.rank, in_idx, sizeof in_idx);
+    broadcast_index(g, &n->shape, n->shape.rank, out_idx, sizeof out_idx);
+    emit_size(g, x, in_size, sizeof in_size);
+    if (n->attr.mean)
+      sb_printf(sb, "  const float scale = (float)(1.0 / (double)((%s) / (%s)));\n", size, in_size);
+    int depth = open_loops(g, &n->shape, sb);
+    sb_printf(sb, "%*sout[%s] = in0[%s]%s;\n", 2 + 2 * depth, "", out_idx, in_idx, n->attr.mean ? " * scale" : "");
+    break;
+  }
+  case FL_OP_ARGMAX:
+    emit_argmax(g, n, sb);
+    break;
+  case FL_OP_SOFTMAX: case FL_OP_SOFTMAX_XENT: case FL_OP_SOFTMAX_XENT_GRAD:
+    emit_softmax_family(g, n, sb);
+    break;
+  case FL_OP_DROPOUT_MASK:
+    sb_printf(sb, "  flrt_dropout_mask(out, (size_t)(%s), in1[0], seed, %d, run);\n", size, n->attr.stream);
+    break;
+  case FL_OP_APPLY_SGD: case FL_OP_APPLY_MOMENTUM: case FL_OP_APPLY_ADAM:
+    emit_update(g, n, sb);
+    break;
+  default:
+    if (fl_op_is_elementwise(n->op)) emit_elementwise(g, n, sb);
+    else sb_printf(sb, "  /* no kernel for %s */\n", fl_op_name(n->op));
+    break;
+  }
+  sb_printf(sb, "}\n\n");
+}
+
+/* The call of node id's kernel; buffer(k) names node k's buffer in the entry. */
+void emit_kernel_call(const fl_graph *g, int id, const char *const *buffers,
+                      const char *scratch, strbuf *sb) {
+  const fl_node *n = &g->nodes[id];
+  char fname[192];
+  kernel_function_name(g, id, fname, sizeof fname);
+  sb_printf(sb, "  %s(", fname);
+  int nargs = 0;
+  for (int i = 0; i < n->ninputs; i++) {
+    if (n->op == FL_OP_DROPOUT_MASK && i == 0) continue;
+    sb_printf(sb, "%s%s", nargs++ ? ", " : "", buffers[n->inputs[i]]);
+  }
+  if (kernel_has_out(n)) sb_printf(sb, "%s%s", nargs++ ? ", " : "", buffers[id]);
+  if (kernel_needs_scratch(n->op)) sb_printf(sb, "%s%s", nargs++ ? ", " : "", scratch);
+  if (n->op == FL_OP_DROPOUT_MASK) sb_printf(sb, "%sm->seed, m->dropout_runs", nargs++ ? ", " : "");
+  bool uses[64];
+  emit_node_syms(g, n, uses);
+  for (int s = 0; s < g->nsyms && s < 64; s++)
+    if (uses[s]) {
+      char name[64];
+      fl_c_identifier(g->syms[s], name, sizeof name);
+      sb_printf(sb, "%s%s", nargs++ ? ", " : "", name);
+    }
+  sb_printf(sb, ");\n");
+}

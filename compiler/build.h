@@ -1,0 +1,27 @@
+/* build.h - from a finished graph to program sources (flowc emit) and an executable (flowc build). */
+#ifndef FLOWC_BUILD_H
+#define FLOWC_BUILD_H
+
+#include "ir.h"
+
+typedef struct {
+  const char *source_path; /* the description, for comments and messages */
+  const char *name;        /* the model's C prefix; NULL: from the description's file name */
+  const char *output;      /* the executable (build) or the folder (emit) */
+  const char *cc;          /* C compiler; NULL: $CC or "cc" */
+  bool keep;               /* build: keep the generated sources (printed) */
+  bool verbose;            /* print the compiler command */
+} fl_build_request;
+
+/* The default model name: the description's base name as a C identifier. */
+void fl_model_name(const char *source_path, char *buf, size_t cap);
+
+/* Writes the model, main.c, the runtime and a Makefile into dir (created if missing). */
+int fl_emit_program(const fl_graph *g, const fl_build_request *req, const char *dir);
+
+/* Emits into a temporary folder and compiles the training executable req->output.
+ * A missing compiler, header or library is named with the Debian package that
+ * provides it. */
+int fl_build_program(const fl_graph *g, const fl_build_request *req);
+
+#endif

@@ -1,0 +1,482 @@
+/* test_kernels.c - runtime/kernels.c against naive double-precision references. */
+#include <criterion/criterion.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flowc_rt.h"
+
+/* ---- helpers ------------------------------------------------------------- */
+
+/* A small LCG so that the data is the same on every machine and run. */
+static uint32_t lcg_state;
+static float rnd(void) {
+  lcg_state = lcg_state * 1664525u + 1013904223u;
+  return (float)(lcg_state >> 8) / 16777216.0f * 2.0f - 1.0f; /* [-1, 1) */
+}
+static float *random_floats(size_t n) {
+  float *p = malloc((n ? n : 1) * sizeof *p);
+  cr_assert(p != NULL);
+  for (size_t i = 0; i < n; i++) p[i] = rnd();
+  return p;
+}
+
+static size_t image_size(const flrt_window *w) {
+  return (size_t)(w->batch * w->in_h * w->in_w * w->in_c);
+}
+static size_t out_size(const flrt_window *w, int64_t c) {
+  return (size_t)(w->batch * w->out_h * w->out_w * c);
+}
+static size_t filter_size(const flrt_window *w, int64_t out_c) {
+  return (size_t)(w->k_h * w->k_w * w->in_c * out_c);
+}
+
+/* x[n, ih, iw, c] for a position that may lie in the padding (then -1). */
+static int64_t x_index(const flrt_window *w, int64_t n, int64_t oh, int64_t ow, int64_t kh,
+                       int64_t kw, int64_t c) {
+  int64_t ih = oh * w->stride_h + kh - w->pad_top, iw = ow * w->stride_w + kw - w->pad_left;
+  if (ih < 0 || ih >= w->in_h || iw < 0 || iw >= w->in_w) return -1;
+  return ((n * w->in_h + ih) * w->in_w + iw) * w->in_c + c;
+}
+
+/* The three convolution products, straight from the definition, in double:
+ * every (output position, window entry, filter) triple contributes once. */
+enum { FWD, GRAD_INPUT, GRAD_FILTER };
+static void naive_conv(int which, const flrt_window *w, int64_t O, const float *x,
+                       const float *f, const float *dy, double *res) {
+  size_t len = which == FWD          ? out_size(w, O)
+               : which == GRAD_INPUT ? image_size(w)
+                                     : filter_size(w, O);
+  for (size_t i = 0; i < len; i++) res[i] = 0.0;
+  for (int64_t n = 0; n < w->batch; n++)
+    for (int64_t oh = 0; oh < w->out_h; oh++)
+      for (int64_t ow = 0; ow < w->out_w; ow++)
+        for (int64_t kh = 0; kh < w->k_h; kh++)
+          for (int64_t kw = 0; kw < w->k_w; kw++)
+            for (int64_t c = 0; c < w->in_c; c++) {
+              int64_t xi = x_index(w, n, oh, ow, kh, kw, c);
+              if (xi < 0) continue;
+              for (int64_t o = 0; o < O; o++) {
+                int64_t fi = ((kh * w->k_w + kw) * w->in_c + c) * O + o;
+                int64_t yi = ((n * w->out_h + oh) * w->out_w + ow) * O + o;
+                if (which == FWD) res[yi] += (double)x[xi] * f[fi];
+                else if (which == GRAD_INPUT) res[xi] += (double)dy[yi] * f[fi];
+                else res[fi] += (double)x[xi] * dy[yi];
+              }
+            }
+}
+
+static void assert_close(const float *got, const double *want, size_t n, double rel,
+                         const char *what) {
+  for (size_t i = 0; i < n; i++) {
+    double tol = rel * fmax(1.0, fabs(want[i]));
+    cr_assert(fabs(got[i] - want[i]) <= tol, "%s[%zu]: got %.8g, want %.8g", what, i,
+              (double)got[i], want[i]);
+  }
+}
+
+static double dot(const float *a, const float *b, size_t n) {
+  double s = 0.0;
+  for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+  return s;
+}
+
+typedef struct {
+  int64_t n, h, w, c, kh, kw, sh, sw, o;
+  bool same;
+} conv_case;
+
+/* Odd sizes so that SAME padding is uneven, windows as large as the image,
+ * both strides, one and several channels and filters, and the pointwise 1x1
+ * shortcut. */
+static const conv_case conv_cases[] = {
+    {1, 7, 5, 1, 3, 3, 1, 1, 1, true},  {1, 7, 5, 1, 3, 3, 1, 1, 1, false},
+    {2, 7, 5, 3, 3, 3, 2, 2, 4, true},  {2, 7, 5, 3, 3, 3, 2, 2, 4, false},
+    {1, 7, 5, 3, 5, 5, 1, 1, 4, true},  {2, 7, 5, 1, 5, 5, 2, 2, 1, true},
+    {2, 7, 5, 3, 5, 5, 1, 1, 4, false}, {1, 7, 5, 3, 5, 5, 2, 2, 4, false},
+    {2, 6, 8, 3, 2, 2, 2, 2, 4, true},  {1, 7, 5, 3, 3, 5, 2, 1, 4, true},
+    {2, 7, 5, 3, 1, 1, 1, 1, 4, false}, {2, 7, 5, 3, 1, 1, 1, 1, 4, true},
+    {1, 7, 5, 3, 1, 1, 2, 2, 4, true},  {1, 5, 5, 2, 5, 5, 1, 1, 3, false},
+    {1, 4, 4, 2, 4, 4, 1, 1, 3, true},  {1, 28, 28, 1, 5, 5, 1, 1, 4, true},
+};
+#define NCASES (sizeof conv_cases / sizeof conv_cases[0])
+
+static void init_case(flrt_window *w, const conv_case *k) {
+  flrt_window_init(w, k->n, k->h, k->w, k->c, k->kh, k->kw, k->sh, k->sw, k->same);
+}
+
+/* ---- flrt_window_init ---------------------------------------------------- */
+
+Test(window, deep_mnist_layers) {
+  flrt_window w;
+  flrt_window_init(&w, 50, 28, 28, 1, 5, 5, 1, 1, true); /* conv1 */
+  cr_assert_eq(w.out_h, 28);
+  cr_assert_eq(w.out_w, 28);
+  cr_assert_eq(w.pad_top, 2);
+  cr_assert_eq(w.pad_left, 2);
+  flrt_window_init(&w, 50, 28, 28, 32, 2, 2, 2, 2, true); /* pool1 */
+  cr_assert_eq(w.out_h, 14);
+  cr_assert_eq(w.out_w, 14);
+  cr_assert_eq(w.pad_top, 0);
+  cr_assert_eq(w.pad_left, 0);
+  flrt_window_init(&w, 50, 14, 14, 64, 2, 2, 2, 2, true); /* pool2 */
+  cr_assert_eq(w.out_h, 7);
+  cr_assert_eq(w.pad_top, 0);
+}
+
+Test(window, same_uneven_padding) {
+  flrt_window w;
+  /* pad_total 3: one row before, two after. */
+  flrt_window_init(&w, 1, 4, 4, 1, 4, 4, 1, 1, true);
+  cr_assert_eq(w.out_h, 4);
+  cr_assert_eq(w.pad_top, 1);
+  /* 5 wide, 2x2 stride 2: out 3, pad_total 1, all of it after. */
+  flrt_window_init(&w, 1, 7, 5, 1, 2, 2, 2, 2, true);
+  cr_assert_eq(w.out_h, 4);
+  cr_assert_eq(w.out_w, 3);
+  cr_assert_eq(w.pad_top, 0);
+  cr_assert_eq(w.pad_left, 0);
+  /* 7x5, 3x3 stride 2: out 4x3, pad_total 2 each way. */
+  flrt_window_init(&w, 1, 7, 5, 1, 3, 3, 2, 2, true);
+  cr_assert_eq(w.out_h, 4);
+  cr_assert_eq(w.out_w, 3);
+  cr_assert_eq(w.pad_top, 1);
+  cr_assert_eq(w.pad_left, 1);
+  /* Stride larger than the window: no padding needed. */
+  flrt_window_init(&w, 1, 7, 7, 1, 1, 1, 3, 3, true);
+  cr_assert_eq(w.out_h, 3);
+  cr_assert_eq(w.pad_top, 0);
+}
+
+Test(window, valid) {
+  flrt_window w;
+  flrt_window_init(&w, 2, 7, 5, 3, 3, 3, 2, 2, false);
+  cr_assert_eq(w.out_h, 3);
+  cr_assert_eq(w.out_w, 2);
+  cr_assert_eq(w.pad_top, 0);
+  cr_assert_eq(w.pad_left, 0);
+  flrt_window_init(&w, 1, 28, 28, 1, 5, 5, 1, 1, false);
+  cr_assert_eq(w.out_h, 24);
+  flrt_window_init(&w, 1, 3, 3, 1, 5, 5, 1, 1, false); /* window larger than the image */
+  cr_assert_eq(w.out_h, 0);
+  cr_assert_eq(w.out_w, 0);
+}
+
+/* ---- conv2d -------------------------------------------------------------- */
+
+Test(conv2d, matches_naive) {
+  lcg_state = 1;
+  for (size_t t = 0; t < NCASES; t++) {
+    const conv_case *k = &conv_cases[t];
+    flrt_window w;
+    init_case(&w, k);
+    float *x = random_floats(image_size(&w)), *f = random_floats(filter_size(&w, k->o));
+    float *out = random_floats(out_size(&w, k->o)); /* garbage: must be overwritten */
+    float *cols = random_floats(flrt_conv2d_scratch(&w));
+    double *want = malloc(out_size(&w, k->o) * sizeof *want);
+    flrt_conv2d(&w, k->o, x, f, out, cols);
+    naive_conv(FWD, &w, k->o, x, f, NULL, want);
+    cr_log_info("case %zu", t);
+    assert_close(out, want, out_size(&w, k->o), 1e-4, "conv2d");
+    free(x), free(f), free(out), free(cols), free(want);
+  }
+}
+
+Test(conv2d, gradients_match_naive) {
+  lcg_state = 2;
+  for (size_t t = 0; t < NCASES; t++) {
+    const conv_case *k = &conv_cases[t];
+    flrt_window w;
+    init_case(&w, k);
+    float *x = random_floats(image_size(&w)), *f = random_floats(filter_size(&w, k->o));
+    float *dy = random_floats(out_size(&w, k->o));
+    float *dx = random_floats(image_size(&w)), *df = random_floats(filter_size(&w, k->o));
+    float *cols = random_floats(flrt_conv2d_scratch(&w));
+    double *want_dx = malloc(image_size(&w) * sizeof *want_dx);
+    double *want_df = malloc(filter_size(&w, k->o) * sizeof *want_df);
+    flrt_conv2d_grad_input(&w, k->o, dy, f, dx, cols);
+    flrt_conv2d_grad_filter(&w, k->o, x, dy, df, cols);
+    naive_conv(GRAD_INPUT, &w, k->o, x, f, dy, want_dx);
+    naive_conv(GRAD_FILTER, &w, k->o, x, f, dy, want_df);
+    assert_close(dx, want_dx, image_size(&w), 1e-4, "grad_input");
+    assert_close(df, want_df, filter_size(&w, k->o), 1e-4, "grad_filter");
+    free(x), free(f), free(dy), free(dx), free(df), free(cols), free(want_dx), free(want_df);
+  }
+}
+
+/* <conv(x, f), dy> = <x, grad_input(dy, f)> = <f, grad_filter(x, dy)>: the
+ * gradients are the exact adjoints of the forward map in x and in f. */
+Test(conv2d, gradients_are_adjoints) {
+  lcg_state = 3;
+  for (size_t t = 0; t < NCASES; t++) {
+    const conv_case *k = &conv_cases[t];
+    flrt_window w;
+    init_case(&w, k);
+    size_t nx = image_size(&w), nf = filter_size(&w, k->o), ny = out_size(&w, k->o);
+    float *x = random_floats(nx), *f = random_floats(nf), *dy = random_floats(ny);
+    float *y = random_floats(ny), *dx = random_floats(nx), *df = random_floats(nf);
+    float *cols = random_floats(flrt_conv2d_scratch(&w));
+    flrt_conv2d(&w, k->o, x, f, y, cols);
+    flrt_conv2d_grad_input(&w, k->o, dy, f, dx, cols);
+    flrt_conv2d_grad_filter(&w, k->o, x, dy, df, cols);
+    double a = dot(y, dy, ny), b = dot(x, dx, nx), c = dot(f, df, nf);
+    double scale = fmax(1.0, fabs(a));
+    cr_assert(fabs(a - b) <= 1e-3 * scale, "case %zu: <conv(x,f),dy> %.9g vs <x,dx> %.9g", t, a, b);
+    cr_assert(fabs(a - c) <= 1e-3 * scale, "case %zu: <conv(x,f),dy> %.9g vs <f,df> %.9g", t, a, c);
+    free(x), free(f), free(dy), free(y), free(dx), free(df), free(cols);
+  }
+}
+
+Test(conv2d, pointwise_needs_no_scratch) {
+  flrt_window w;
+  flrt_window_init(&w, 2, 3, 3, 2, 1, 1, 1, 1, true);
+  cr_assert_eq(flrt_conv2d_scratch(&w), 0);
+  float x[36], f[2 * 3] = {1, 2, 3, -1, 0.5f, 0}, out[54], dx[36], df[6];
+  for (int i = 0; i < 36; i++) x[i] = (float)i;
+  flrt_conv2d(&w, 3, x, f, out, NULL);
+  /* pixel 4 holds channels (8, 9). */
+  cr_assert_float_eq(out[4 * 3 + 0], 8 * 1 + 9 * -1.0f, 1e-6);
+  cr_assert_float_eq(out[4 * 3 + 1], 8 * 2 + 9 * 0.5f, 1e-6);
+  cr_assert_float_eq(out[4 * 3 + 2], 8 * 3 + 9 * 0.0f, 1e-6);
+  flrt_conv2d_grad_input(&w, 3, out, f, dx, NULL);
+  flrt_conv2d_grad_filter(&w, 3, x, out, df, NULL);
+  /* A strided 1x1 is not pointwise: it skips pixels. */
+  flrt_window_init(&w, 1, 3, 3, 2, 1, 1, 2, 2, false);
+  cr_assert_eq(flrt_conv2d_scratch(&w), 4 * 2);
+}
+
+Test(conv2d, known_values) {
+  /* 3x3 image 1..9, 3x3 all-ones filter, SAME: each output is the sum of its
+   * neighbourhood, corners see only 4 pixels. */
+  flrt_window w;
+  flrt_window_init(&w, 1, 3, 3, 1, 3, 3, 1, 1, true);
+  float x[9], f[9], out[9], cols[81];
+  for (int i = 0; i < 9; i++) x[i] = (float)(i + 1), f[i] = 1.0f;
+  flrt_conv2d(&w, 1, x, f, out, cols);
+  const float want[9] = {12, 21, 16, 27, 45, 33, 24, 39, 28};
+  for (int i = 0; i < 9; i++) cr_assert_float_eq(out[i], want[i], 1e-5, "out[%d] = %g", i, out[i]);
+  /* Cross-correlation, not convolution: a filter with a single 1 at (0, 0)
+   * shifts the image down-right (reads up-left). */
+  for (int i = 0; i < 9; i++) f[i] = i == 0 ? 1.0f : 0.0f;
+  flrt_conv2d(&w, 1, x, f, out, cols);
+  const float shifted[9] = {0, 0, 0, 0, 1, 2, 0, 4, 5};
+  for (int i = 0; i < 9; i++) cr_assert_float_eq(out[i], shifted[i], 1e-6);
+}
+
+Test(conv2d, empty_batch) {
+  flrt_window w;
+  flrt_window_init(&w, 0, 5, 5, 2, 3, 3, 1, 1, true);
+  float f[3 * 3 * 2 * 2] = {0}, df[3 * 3 * 2 * 2];
+  for (int i = 0; i < 36; i++) df[i] = 7.0f;
+  cr_assert_eq(flrt_conv2d_scratch(&w), 0);
+  flrt_conv2d(&w, 2, NULL, f, NULL, NULL);
+  flrt_conv2d_grad_input(&w, 2, NULL, f, NULL, NULL);
+  flrt_conv2d_grad_filter(&w, 2, NULL, NULL, df, NULL);
+  for (int i = 0; i < 36; i++) cr_assert_eq(df[i], 0.0f); /* an empty sum */
+}
+
+Test(im2col, col2im_is_adjoint) {
+  lcg_state = 4;
+  flrt_window w;
+  flrt_window_init(&w, 2, 7, 5, 3, 3, 3, 2, 2, true);
+  size_t nx = image_size(&w), nc = flrt_conv2d_scratch(&w);
+  float *x = random_floats(nx), *c = random_floats(nc);
+  float *cols = random_floats(nc), *dx = random_floats(nx);
+  flrt_im2col(&w, x, cols);
+  flrt_col2im(&w, c, dx);
+  double a = dot(cols, c, nc), b = dot(x, dx, nx);
+  cr_assert(fabs(a - b) <= 1e-4 * fmax(1.0, fabs(a)), "%.9g vs %.9g", a, b);
+  free(x), free(c), free(cols), free(dx);
+}
+
+/* ---- max_pool ------------------------------------------------------------ */
+
+static void naive_max_pool(const flrt_window *w, const float *x, double *out, int64_t *arg) {
+  int64_t C = w->in_c, i = 0;
+  for (int64_t n = 0; n < w->batch; n++)
+    for (int64_t oh = 0; oh < w->out_h; oh++)
+      for (int64_t ow = 0; ow < w->out_w; ow++)
+        for (int64_t c = 0; c < C; c++, i++) {
+          int64_t best = -1;
+          for (int64_t kh = 0; kh < w->k_h; kh++)
+            for (int64_t kw = 0; kw < w->k_w; kw++) {
+              int64_t xi = x_index(w, n, oh, ow, kh, kw, c);
+              if (xi >= 0 && (best < 0 || x[xi] > x[best])) best = xi;
+            }
+          cr_assert(best >= 0, "a window with no pixel");
+          out[i] = x[best];
+          arg[i] = best;
+        }
+}
+
+typedef struct {
+  int64_t n, h, w, c, k, s;
+  bool same;
+} pool_case;
+
+static const pool_case pool_cases[] = {
+    {1, 7, 5, 1, 2, 2, true},  {2, 7, 5, 3, 2, 2, true}, {2, 7, 5, 3, 2, 2, false},
+    {1, 7, 5, 2, 3, 1, true},  {2, 7, 5, 3, 3, 1, false}, {1, 5, 7, 2, 3, 2, true},
+    {2, 28, 28, 4, 2, 2, true}, {1, 4, 4, 1, 4, 1, true},
+};
+#define NPOOL (sizeof pool_cases / sizeof pool_cases[0])
+
+Test(max_pool, matches_naive) {
+  lcg_state = 5;
+  for (size_t t = 0; t < NPOOL; t++) {
+    const pool_case *k = &pool_cases[t];
+    flrt_window w;
+    flrt_window_init(&w, k->n, k->h, k->w, k->c, k->k, k->k, k->s, k->s, k->same);
+    size_t nx = image_size(&w), ny = out_size(&w, k->c);
+    float *x = random_floats(nx), *out = random_floats(ny);
+    /* All negative: a padding cell read as 0 would win every edge window. */
+    for (size_t i = 0; i < nx; i++) x[i] = -2.0f + x[i];
+    double *want = malloc(ny * sizeof *want);
+    int64_t *arg = malloc(ny * sizeof *arg);
+    flrt_max_pool(&w, x, out);
+    naive_max_pool(&w, x, want, arg);
+    for (size_t i = 0; i < ny; i++)
+      cr_assert_eq((double)out[i], want[i], "case %zu out[%zu]: %g vs %g", t, i, out[i], want[i]);
+    free(x), free(out), free(want), free(arg);
+  }
+}
+
+Test(max_pool, grad_matches_naive_with_ties) {
+  lcg_state = 6;
+  for (size_t t = 0; t < NPOOL; t++) {
+    const pool_case *k = &pool_cases[t];
+    flrt_window w;
+    flrt_window_init(&w, k->n, k->h, k->w, k->c, k->k, k->k, k->s, k->s, k->same);
+    size_t nx = image_size(&w), ny = out_size(&w, k->c);
+    float *x = random_floats(nx), *dy = random_floats(ny), *dx = random_floats(nx);
+    /* Few distinct values, so most windows hold ties. */
+    for (size_t i = 0; i < nx; i++) x[i] = floorf(x[i] * 2.0f) - 5.0f;
+    double *pooled = malloc(ny * sizeof *pooled), *want = calloc(nx, sizeof *want);
+    int64_t *arg = malloc(ny * sizeof *arg);
+    naive_max_pool(&w, x, pooled, arg);
+    for (size_t i = 0; i < ny; i++) want[arg[i]] += dy[i];
+    flrt_max_pool_grad(&w, x, dy, dx);
+    assert_close(dx, want, nx, 1e-6, "max_pool_grad");
+    free(x), free(dy), free(dx), free(pooled), free(want), free(arg);
+  }
+}
+
+Test(max_pool, grad_tie_goes_to_first) {
+  /* One 2x2 window of equal values: everything to the top-left. */
+  flrt_window w;
+  flrt_window_init(&w, 1, 2, 2, 1, 2, 2, 2, 2, false);
+  float x[4] = {3, 3, 3, 3}, dy[1] = {5}, dx[4] = {9, 9, 9, 9}, out[1];
+  flrt_max_pool(&w, x, out);
+  cr_assert_eq(out[0], 3.0f);
+  flrt_max_pool_grad(&w, x, dy, dx);
+  cr_assert_eq(dx[0], 5.0f);
+  cr_assert_eq(dx[1], 0.0f);
+  cr_assert_eq(dx[2], 0.0f);
+  cr_assert_eq(dx[3], 0.0f);
+  /* A later equal value does not replace; a larger one does. */
+  float y[4] = {1, 4, 2, 4}, d2[4];
+  flrt_max_pool_grad(&w, y, dy, d2);
+  cr_assert_eq(d2[1], 5.0f);
+  cr_assert_eq(d2[3], 0.0f);
+}
+
+Test(max_pool, grad_overlapping_windows_accumulate) {
+  /* 4x4 with its maximum at (1, 1); 3x3 stride 1 VALID: 4 windows, and the
+   * three that contain (1, 1) all route their dy there. */
+  flrt_window w;
+  flrt_window_init(&w, 1, 4, 4, 1, 3, 3, 1, 1, false);
+  cr_assert_eq(w.out_h, 2);
+  float x[16], dy[4] = {1, 2, 4, 8}, dx[16], out[4];
+  for (int i = 0; i < 16; i++) x[i] = 0.0f;
+  x[1 * 4 + 1] = 10.0f;
+  x[3 * 4 + 3] = 1.0f; /* only in the last window, and its maximum there */
+  flrt_max_pool(&w, x, out);
+  cr_assert_eq(out[0], 10.0f);
+  cr_assert_eq(out[3], 10.0f);
+  flrt_max_pool_grad(&w, x, dy, dx);
+  cr_assert_eq(dx[1 * 4 + 1], 1.0f + 2.0f + 4.0f + 8.0f);
+  float sum = 0;
+  for (int i = 0; i < 16; i++) sum += dx[i];
+  cr_assert_eq(sum, 15.0f);
+  /* Channels are independent: C = 2 with the maximum in different places. */
+  flrt_window_init(&w, 1, 2, 2, 2, 2, 2, 1, 1, true); /* SAME: 2x2 output */
+  float xc[8] = {1, 0, 0, 0, 0, 0, 0, 1}, dyc[8] = {1, 1, 1, 1, 1, 1, 1, 1}, dxc[8];
+  flrt_max_pool_grad(&w, xc, dyc, dxc);
+  /* channel 0: max at pixel 0 is in window (0,0) only; other windows see
+   * zeros only and pick their first pixel. */
+  cr_assert_eq(dxc[0 * 2 + 0], 1.0f);
+  cr_assert_eq(dxc[1 * 2 + 0], 1.0f);
+  cr_assert_eq(dxc[2 * 2 + 0], 1.0f);
+  cr_assert_eq(dxc[3 * 2 + 0], 1.0f);
+  /* channel 1: pixel 3 holds the max and is in every window. */
+  cr_assert_eq(dxc[3 * 2 + 1], 4.0f);
+  cr_assert_eq(dxc[0 * 2 + 1], 0.0f);
+}
+
+Test(max_pool, padding_never_wins) {
+  flrt_window w;
+  flrt_window_init(&w, 1, 3, 3, 1, 3, 3, 1, 1, true);
+  float x[9], out[9], dy[9], dx[9];
+  for (int i = 0; i < 9; i++) x[i] = -10.0f - (float)i, dy[i] = 1.0f;
+  flrt_max_pool(&w, x, out);
+  cr_assert_eq(out[8], -14.0f); /* window of (1..2, 1..2): max is x[4] */
+  cr_assert_eq(out[0], -10.0f);
+  flrt_max_pool_grad(&w, x, dy, dx);
+  cr_assert_eq(dx[0], 4.0f); /* windows (0,0), (0,1), (1,0), (1,1) */
+}
+
+/* ---- flrt_print_tensor ---------------------------------------------------- */
+
+static char *printed(const float *data, int rank, const int64_t *dims) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert(f != NULL);
+  flrt_print_tensor(f, data, rank, dims);
+  fclose(f);
+  return buf;
+}
+
+#define EXPECT_PRINT(want, data, rank, dims)                          \
+  do {                                                                \
+    char *got_ = printed(data, rank, dims);                           \
+    cr_assert_str_eq(got_, want, "printed \"%s\"", got_);             \
+    free(got_);                                                       \
+  } while (0)
+
+Test(print_tensor, small) {
+  float v[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  float half = 0.5f;
+  EXPECT_PRINT("0.5", &half, 0, NULL);
+  int64_t d1[1] = {3};
+  EXPECT_PRINT("[1 2 3]", v, 1, d1);
+  int64_t d2[2] = {2, 2};
+  EXPECT_PRINT("[[1 2] [3 4]]", v, 2, d2);
+  int64_t d3[3] = {2, 2, 2};
+  EXPECT_PRINT("[[[1 2] [3 4]] [[5 6] [7 8]]]", v, 3, d3);
+  int64_t d13[2] = {1, 3};
+  EXPECT_PRINT("[[1 2 3]]", v, 2, d13);
+  float odd[3] = {-1.5f, 0.1f, 1e-7f};
+  EXPECT_PRINT("[-1.5 0.1 1e-07]", odd, 1, d1);
+  int64_t d0[1] = {0};
+  EXPECT_PRINT("[]", v, 1, d0);
+}
+
+Test(print_tensor, large_is_summarised) {
+  float *v = malloc(1001 * sizeof *v);
+  for (int i = 0; i < 1001; i++) v[i] = (float)i;
+  int64_t d[1] = {1001};
+  EXPECT_PRINT("[0 1 2 3 4 5 ... 998 999 1000]", v, 1, d);
+  int64_t d2[2] = {11, 91};
+  EXPECT_PRINT("[0 1 2 3 4 5 ... 998 999 1000]", v, 2, d2);
+  /* 1000 elements are still printed in full. */
+  int64_t d3[1] = {1000};
+  char *s = printed(v, 1, d3);
+  cr_assert_null(strstr(s, "..."));
+  cr_assert(strncmp(s, "[0 1 2 ", 7) == 0);
+  cr_assert(strcmp(s + strlen(s) - 5, " 999]") == 0, "%s", s + strlen(s) - 5);
+  free(s);
+  free(v);
+}
