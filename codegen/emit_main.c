@@ -165,6 +165,84 @@ static int emit_action(const emit_model *em, int index, strbuf *sb) {
   return 0;
 }
 
+/* The entry of the first training run, or NULL. */
+static const emit_entry *training_entry(const emit_model *em) {
+  const fl_train *t = &em->g->train;
+  for (int i = 0; i < t->nactions; i++)
+    if (t->actions[i].when == FL_WHEN_STEP && t->actions[i].kind == FL_ACT_RUN)
+      return &em->entries[em->action_entry[i]];
+  return NULL;
+}
+
+/* FLOPs of one run of an entry as a + b * batch (every cost is linear in N). */
+static void entry_flops(const fl_graph *g, const emit_entry *e, int64_t *fixed, int64_t *per_example) {
+  int64_t at1 = 0, at2 = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    if (e->needed[i] && !e->fed[i]) {
+      at1 += fl_node_flops(g, i, 1);
+      at2 += fl_node_flops(g, i, 2);
+    }
+  *per_example = at2 - at1;
+  *fixed = at1 - *per_example;
+}
+
+/* The per-layer table printed before the first step, Darknet style: each
+ * user-named tensor of the forward pass with the unnamed nodes that feed it. */
+static void emit_summary(const emit_model *em, const emit_entry *e, strbuf *sb) {
+  const fl_graph *g = em->g;
+  int limit = g->nforward ? g->nforward : g->nnodes;
+  int *owner = calloc((size_t)g->nnodes, sizeof(int));
+  int *stack = calloc((size_t)g->nnodes + 1, sizeof(int));
+  if (!owner || !stack) {
+    free(owner);
+    free(stack);
+    return;
+  }
+  sb_printf(sb, "static void print_summary(int64_t batch) {\n");
+  sb_printf(sb, "  printf(\"%%-20s %%-26s %%-20s %%10s %%12s\\n\", \"layer\", \"op\", \"output\", \"params\", \"MFLOP/image\");\n");
+  int64_t total_params = 0;
+  for (int i = 0; i < limit; i++) {
+    const fl_node *n = &g->nodes[i];
+    if (!n->name || !e->needed[i] || e->fed[i] || n->op == FL_OP_VARIABLE || n->op == FL_OP_PLACEHOLDER ||
+        n->op == FL_OP_CONST || n->op == FL_OP_FILL || owner[i])
+      continue;
+    /* Claim the unnamed nodes this one is made of. */
+    int64_t flops = 0, params = 0, depth = 0;
+    stack[depth++] = i;
+    owner[i] = i + 1;
+    while (depth) {
+      int k = stack[--depth];
+      flops += fl_node_flops(g, k, 1);
+      const fl_node *kn = &g->nodes[k];
+      for (int j = 0; j < kn->ninputs; j++) {
+        int in = kn->inputs[j];
+        const fl_node *inn = &g->nodes[in];
+        if (inn->op == FL_OP_VARIABLE && inn->attr.trainable && !owner[in]) {
+          owner[in] = i + 1;
+          params += fl_shape_const_size(&inn->shape);
+        } else if (!inn->name && !owner[in] && inn->op != FL_OP_VARIABLE) {
+          owner[in] = i + 1;
+          stack[depth++] = in;
+        }
+      }
+    }
+    total_params += params;
+    char shape[160], label[96];
+    fl_shape_str(g, &n->shape, shape, sizeof shape);
+    fl_c_identifier(n->name, label, sizeof label);
+    sb_printf(sb, "  printf(\"%%-20s %%-26s %%-20s %%10lld %%12.3f\\n\", \"%.20s\", \"%.26s\", \"%.20s\", %lldLL, %.6f);\n",
+              label, fl_op_name(n->op), shape, (long long)params, (double)flops / 1e6);
+  }
+  int64_t fixed, per_example;
+  entry_flops(g, e, &fixed, &per_example);
+  sb_printf(sb, "  printf(\"%%-68s %%10lld\\n\", \"trainable parameters\", %lldLL);\n", (long long)total_params);
+  sb_printf(sb, "  printf(\"one training step of %%lld images: %%.3f GFLOP (forward, backward and update)\\n\",\n"
+                "         (long long)batch, (%lld.0 + %lld.0 * (double)batch) / 1e9);\n}\n\n",
+            (long long)fixed, (long long)per_example);
+  free(owner);
+  free(stack);
+}
+
 int emit_main(const emit_model *em, strbuf *sb) {
   const fl_graph *g = em->g;
   const fl_train *t = &g->train;
@@ -179,11 +257,17 @@ int emit_main(const emit_model *em, strbuf *sb) {
   sb_printf(sb, "static const char *program = \"%s\";\n\n", p);
   sb_printf(sb, "static void fail_model(%s *m) {\n  fprintf(stderr, \"%%s: %%s\\n\", program, %s_error(m));\n  exit(1);\n}\n\n", p, p);
   sb_printf(sb, "static void save_or_fail(%s *m, const char *path) {\n  if (%s_save(m, path))\n    fail_model(m);\n}\n\n", p, p);
+  const emit_entry *train = training_entry(em);
+  int64_t step_fixed = 0, step_per_example = 0;
+  if (train && data) {
+    emit_summary(em, train, sb);
+    entry_flops(g, train, &step_fixed, &step_per_example);
+  }
   sb_printf(sb, "int main(int argc, char **argv) {\n");
   sb_printf(sb, "  flrt_options opt = {0};\n  opt.data_dir = \"");
   c_string(sb, t->data_dir ? t->data_dir : "MNIST_data");
-  sb_printf(sb, "\";\n  opt.steps = %lld;\n  opt.batch = %lld;\n  opt.seed = %lluu;\n  opt.log_every = %d;\n",
-            (long long)t->steps, (long long)t->batch, (unsigned long long)t->seed, data ? 100 : 0);
+  sb_printf(sb, "\";\n  opt.steps = %lld;\n  opt.batch = %lld;\n  opt.validation = %lld;\n  opt.seed = %lluu;\n  opt.log_every = %d;\n",
+            (long long)t->steps, (long long)t->batch, (long long)t->validation, (unsigned long long)t->seed, data ? 100 : 0);
   sb_printf(sb, "  if (argc > 0 && argv[0]) program = argv[0];\n");
   sb_printf(sb, "  flrt_parse_options(argc, argv, \"the %s model, compiled by flowc from ", p);
   c_string(sb, em->opt->source_path ? em->opt->source_path : "a description");
@@ -198,8 +282,8 @@ int emit_main(const emit_model *em, strbuf *sb) {
                   "  if (opt.download_url && flrt_download_mnist(opt.download_url, opt.data_dir, err, sizeof err)) {\n"
                   "    fprintf(stderr, \"%%s: %%s\\n\", program, err);\n    return 1;\n  }\n"
                   "  flrt_datasets data;\n"
-                  "  if (flrt_read_data_sets(opt.data_dir, %lld, &data, err, sizeof err)) {\n"
-                  "    fprintf(stderr, \"%%s: %%s\\n\", program, err);\n    return 1;\n  }\n", (long long)t->validation);
+                  "  if (flrt_read_data_sets(opt.data_dir, opt.validation, &data, err, sizeof err)) {\n"
+                  "    fprintf(stderr, \"%%s: %%s\\n\", program, err);\n    return 1;\n  }\n");
     sb_printf(sb, "  if (!opt.quiet)\n    printf(\"data: %%lld training, %%lld validation, %%lld test images from %%s\\n\",\n"
                   "           (long long)data.train.n, (long long)data.validation.n, (long long)data.test.n, opt.data_dir);\n");
     sb_printf(sb, "  flrt_batcher batcher;\n  if (flrt_batcher_init(&batcher, &data.train, opt.seed)) {\n"
@@ -212,6 +296,12 @@ int emit_main(const emit_model *em, strbuf *sb) {
                   "  if (!images || !labels || !test_images || !test_labels) {\n"
                   "    fprintf(stderr, \"%%s: out of memory for batches of %%lld\\n\", program, (long long)opt.batch);\n    return 1;\n  }\n");
   }
+  if (train && data)
+    sb_printf(sb, "  if (!opt.quiet)\n    print_summary(opt.batch);\n"
+                  "  const double step_gflop = (%lld.0 + %lld.0 * (double)opt.batch) / 1e9;\n",
+              (long long)step_fixed, (long long)step_per_example);
+  else
+    sb_printf(sb, "  const double step_gflop = 0.0;\n");
   sb_printf(sb, "\n  int64_t step = m->step;\n  (void)step;\n");
   for (int i = 0; i < t->nactions && status == 0; i++)
     if (t->actions[i].when == FL_WHEN_START) status = emit_action(em, i, sb);
@@ -223,8 +313,9 @@ int emit_main(const emit_model *em, strbuf *sb) {
   sb_printf(sb, "    m->step = step + 1;\n    m->consumed += %s;\n    window_steps++;\n", data ? "opt.batch" : "0");
   sb_printf(sb, "    if (!opt.quiet && opt.log_every > 0 && m->step %% opt.log_every == 0) {\n"
                 "      const double ms = (flrt_now_ms() - window_start) / (double)window_steps;\n"
-                "      printf(\"step %%6lld  loss %%.4f  batch accuracy %%.3f  %%.2f ms/step  %%.0f images/s\\n\",\n"
-                "             (long long)m->step, run_out0, run_out1, ms, ms > 0 ? 1000.0 * (double)opt.batch / ms : 0.0);\n"
+                "      printf(\"step %%6lld  loss %%.4f  batch accuracy %%.3f  %%.2f ms/step  %%.0f images/s  %%.1f GFLOP/s\\n\",\n"
+                "             (long long)m->step, run_out0, run_out1, ms, ms > 0 ? 1000.0 * (double)opt.batch / ms : 0.0,\n"
+                "             ms > 0 ? step_gflop * 1000.0 / ms : 0.0);\n"
                 "      fflush(stdout);\n      window_start = flrt_now_ms();\n      window_steps = 0;\n    }\n");
   sb_printf(sb, "    if (opt.save_path && opt.save_every > 0 && m->step %% opt.save_every == 0)\n      save_or_fail(m, opt.save_path);\n");
   sb_printf(sb, "    if (flrt_interrupted()) {\n"

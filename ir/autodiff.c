@@ -426,6 +426,7 @@ static int lower_minimize(fl_graph *g, int minimize) {
 
 int fl_autodiff(fl_graph *g) {
   int count = g->nnodes;
+  if (g->nforward == 0) g->nforward = count;
   for (int i = 0; i < count; i++)
     if (g->nodes[i].op == FL_OP_MINIMIZE && lower_minimize(g, i)) return -1;
   return fl_infer_shapes(g);

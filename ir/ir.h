@@ -255,6 +255,7 @@ typedef struct fl_graph {
   int nsyms;
   fl_train train;
   int nstreams; /* RNG streams handed out so far */
+  int nforward; /* nodes before fl_autodiff ran: the rest are gradients and updates */
 } fl_graph;
 
 fl_graph *fl_graph_new(void);
@@ -306,6 +307,17 @@ int fl_finish(fl_graph *g);
  * part of a run. */
 void fl_mark_needed(const fl_graph *g, const int *targets, int ntargets, const bool *fed,
                     bool *needed);
+
+/* ---- costs (ir/cost.c) --------------------------------------------------- */
+
+/* Evaluates a dimension with every symbol set to `batch`. */
+int64_t fl_dim_value(fl_dim d, int64_t batch);
+int64_t fl_shape_size_at(const fl_shape *s, int64_t batch);
+/* Floating-point operations of one run of a node at the given batch size, a
+ * multiply-add counted as two: what GFLOP/s figures divide by. */
+int64_t fl_node_flops(const fl_graph *g, int node, int64_t batch);
+/* Whether a node is a GEMM-shaped op (matmul, conv2d and its gradients). */
+bool fl_node_is_gemm(const fl_graph *g, int node);
 
 /* ---- views -------------------------------------------------------------- */
 

@@ -118,11 +118,12 @@ static int64_t data_gz_read(gzFile gz, const char *path, unsigned char *buf, uin
   return (int64_t)got;
 }
 
-/* Reads exactly n bytes of `what` or fails naming the file and the shortfall.
- * The buffer grows as data arrives, so a corrupt header promising gigabytes
- * fails as truncated instead of allocating them. Returns a malloc'd buffer. */
-static unsigned char *data_read_exact(gzFile gz, const char *path, uint64_t n, const char *what,
-                                      char *err, size_t errlen) {
+/* Reads exactly n bytes of `what` or fails naming the file and the shortfall
+ * (counting `already` bytes of `what` read before). The buffer grows as data
+ * arrives, so a corrupt header promising gigabytes fails as truncated instead
+ * of allocating them. Returns a malloc'd buffer. */
+static unsigned char *data_read_exact(gzFile gz, const char *path, uint64_t n, uint64_t already,
+                                      const char *what, char *err, size_t errlen) {
   if (n > (uint64_t)SIZE_MAX - 1) {
     data_errorf(err, errlen, "file %s: %s of %llu bytes is too large", path, what,
                 (unsigned long long)n);
@@ -157,7 +158,7 @@ static unsigned char *data_read_exact(gzFile gz, const char *path, uint64_t n, c
   if (got < n) {
     free(buf);
     data_errorf(err, errlen, "file %s: truncated: expected %llu bytes of %s, found %llu", path,
-                (unsigned long long)n, what, (unsigned long long)got);
+                (unsigned long long)(already + n), what, (unsigned long long)(already + got));
     return NULL;
   }
   return buf;
@@ -209,9 +210,12 @@ static int data_read_idx(const char *path, int images, idx_file *out, char *err,
   const uint32_t magic_expected = images ? IDX_MAGIC_IMAGES : IDX_MAGIC_LABELS;
   const uint64_t header_bytes = images ? 16 : 8;
   const char *kind = images ? "image" : "label";
-  unsigned char *header = data_read_exact(gz, path, header_bytes, "header", err, errlen);
+  /* The magic number first, so that a wrong kind of file is called that
+   * rather than "truncated" when it is shorter than the header expected. */
+  unsigned char *header = data_read_exact(gz, path, 4, 0, "header", err, errlen);
   if (!header) goto fail;
   uint32_t magic = data_be32(header);
+  free(header);
   if (magic != magic_expected) {
     const uint32_t other = images ? IDX_MAGIC_LABELS : IDX_MAGIC_IMAGES;
     data_errorf(err, errlen,
@@ -219,12 +223,13 @@ static int data_read_idx(const char *path, int images, idx_file *out, char *err,
                 kind, (unsigned long)magic, (unsigned long)magic_expected,
                 magic == other ? (images ? " (this is a label file)" : " (this is an image file)")
                                : "");
-    free(header);
     goto fail;
   }
-  uint32_t count = data_be32(header + 4);
-  uint32_t rows = images ? data_be32(header + 8) : 1;
-  uint32_t cols = images ? data_be32(header + 12) : 1;
+  header = data_read_exact(gz, path, header_bytes - 4, 4, "header", err, errlen);
+  if (!header) goto fail;
+  uint32_t count = data_be32(header);
+  uint32_t rows = images ? data_be32(header + 4) : 1;
+  uint32_t cols = images ? data_be32(header + 8) : 1;
   free(header);
   if (count == 0 || count > IDX_MAX_COUNT) {
     data_errorf(err, errlen, "file %s: implausible number of %ss: %lu", path, kind,
@@ -239,7 +244,7 @@ static int data_read_idx(const char *path, int images, idx_file *out, char *err,
   uint64_t data_bytes = (uint64_t)count * rows * cols;
   char what[32];
   snprintf(what, sizeof what, "%s data", kind);
-  out->bytes = data_read_exact(gz, path, data_bytes, what, err, errlen);
+  out->bytes = data_read_exact(gz, path, data_bytes, 0, what, err, errlen);
   if (!out->bytes) goto fail;
   if (data_drain(gz, path, err, errlen) != 0) goto fail;
   gzclose(gz);

@@ -23,13 +23,6 @@
 #include <curl/curl.h>
 #endif
 
-static const char *const DOWNLOAD_FILES[4] = {
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-};
-
 static void download_errorf(char *err, size_t errlen, const char *fmt, ...) {
   if (!err || errlen == 0) return;
   va_list ap;
@@ -39,6 +32,13 @@ static void download_errorf(char *err, size_t errlen, const char *fmt, ...) {
 }
 
 #if FLRT_HAVE_CURL
+
+static const char *const DOWNLOAD_FILES[4] = {
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+};
 
 /* malloc'd a + sep + b, where sep is "/" unless a already ends in one. */
 static char *download_join(const char *a, const char *b, const char *suffix) {

@@ -32,10 +32,16 @@ void flrt_fill_normal(float *dst, size_t n, float mean, float stddev, uint64_t s
 /* Like TensorFlow's truncated_normal: values beyond 2 stddev are redrawn. */
 void flrt_fill_truncated_normal(float *dst, size_t n, float mean, float stddev, uint64_t seed,
                                 uint32_t stream);
-/* Dropout mask: element i is 1/keep_prob with probability keep_prob, else 0.
- * `run` distinguishes successive runs (the model's run counter). */
+/* Dropout mask: element i is 1/keep_prob with probability keep_prob, else 0
+ * (all 0 when keep_prob <= 0). `run` distinguishes successive runs (the
+ * model's run counter). */
 void flrt_dropout_mask(float *dst, size_t n, float keep_prob, uint64_t seed, uint32_t stream,
                        uint64_t run);
+/* The exact layout, which GPU code must reproduce (rng.c has the details):
+ * element i of uniform and normal uses counter (i lo, i hi, stream, 0); normal
+ * takes Box-Muller's cosine half of words 0-1; truncated normal's retry k
+ * uses word3 = k and takes the first of its four candidates within 2 stddev;
+ * dropout uses word3 = run lo, with run hi xor-ed into the seed's high word. */
 
 /* ---- MNIST-style data sets (IDX files, gzip or plain) --------------------- */
 
@@ -51,7 +57,7 @@ typedef struct {
   flrt_split train, validation, test;
 } flrt_datasets;
 
-/* Reads the four standard files from dir: train-images-idx3-ubyte.gz,
+/* Reads the four standard files from dir (NULL: "."): train-images-idx3-ubyte.gz,
  * train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,
  * t10k-labels-idx1-ubyte.gz (each also accepted without .gz). The first
  * `validation` training examples become the validation split (as
@@ -63,7 +69,9 @@ int flrt_read_data_sets(const char *dir, int64_t validation, flrt_datasets *out,
 void flrt_free_data_sets(flrt_datasets *d);
 
 /* Downloads the four files from base_url (base_url + "/" + file name) into dir
- * with libcurl, each to a temporary name renamed when complete. */
+ * with libcurl, each to a temporary name renamed when complete. dir is
+ * created if missing; files already in it are kept, not fetched again. Built
+ * with -DFLRT_HAVE_CURL=0 it links without libcurl and always fails. */
 int flrt_download_mnist(const char *base_url, const char *dir, char *err, size_t errlen);
 
 /* next_batch semantics of the tutorials' loader: walks a shuffled permutation
@@ -85,7 +93,9 @@ void flrt_batcher_free(flrt_batcher *b);
 /* Positions the batcher as if `consumed` examples had been handed out. */
 void flrt_batcher_seek(flrt_batcher *b, int64_t consumed);
 /* Copies the next `batch` examples: images (batch x features floats) and
- * one-hot labels (batch x classes floats); either may be NULL. */
+ * one-hot labels (batch x classes floats); either may be NULL. The shuffle
+ * of epoch e is Fisher-Yates driven by Philox (key seed, stream 0x5EED0001,
+ * word3 e; batch.c). */
 void flrt_batcher_next(flrt_batcher *b, int64_t batch, float *images, float *onehot);
 /* Copies examples [start, start+count) of a split in order (evaluation). */
 void flrt_split_slice(const flrt_split *s, int64_t start, int64_t count, float *images,
@@ -116,8 +126,10 @@ int flrt_checkpoint_save(const char *path, const flrt_tensor *tensors, int ntens
  * name, which must exist with the same dtype and shape; the file's size must
  * match its header exactly (a truncated or padded file is refused), and every
  * data range must lie inside the file without overlaps. Metadata value for
- * meta_key is copied into meta_value (may be NULL). The messages name the
- * tensor and the difference. */
+ * meta_key is copied into meta_value (may be NULL): "" when the key is
+ * absent, refused when it does not fit in meta_cap. The messages name the
+ * tensor and the difference. All checks pass before any tensor is written,
+ * so a refused load leaves the tensors as they were. */
 int flrt_checkpoint_load(const char *path, flrt_tensor *tensors, int ntensors,
                          const char *meta_key, char *meta_value, size_t meta_cap, char *err,
                          size_t errlen);
@@ -129,6 +141,7 @@ typedef struct {
   const char *download_url; /* --download URL, or NULL */
   int64_t steps;
   int64_t batch;
+  int64_t validation;      /* --validation N: examples held out of training */
   uint64_t seed;
   const char *save_path;   /* --save FILE, or NULL */
   int64_t save_every;      /* --save-every K (0 = only at the end) */
@@ -155,7 +168,9 @@ double flrt_now_ms(void);
  * Ctrl-C kills it. */
 void flrt_install_interrupt_handler(void);
 bool flrt_interrupted(void);
-/* Sets the BLAS thread count (no-op where the BLAS has none). */
+/* Sets the BLAS thread count through openblas_set_num_threads; n <= 0 keeps
+ * the library default. Compiled with -DFLRT_NO_BLAS or -DFLRT_NO_OPENBLAS it
+ * does nothing (and needs no OpenBLAS to link). */
 void flrt_set_threads(int n);
 
 /* ---- kernels the generated code calls (runtime/kernels.c) -----------------
