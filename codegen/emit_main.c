@@ -268,7 +268,7 @@ int emit_main(const emit_model *em, strbuf *sb) {
   c_string(sb, t->data_dir ? t->data_dir : "MNIST_data");
   sb_printf(sb, "\";\n  opt.steps = %lld;\n  opt.batch = %lld;\n  opt.validation = %lld;\n  opt.seed = %lluu;\n  opt.log_every = %d;\n",
             (long long)t->steps, (long long)t->batch, (long long)t->validation, (unsigned long long)t->seed, data ? 100 : 0);
-  sb_printf(sb, "  if (argc > 0 && argv[0]) program = argv[0];\n");
+  sb_printf(sb, "  if (argc > 0 && argv[0]) program = argv[0];\n  flrt_select_blas_kernels(argv);\n");
   sb_printf(sb, "  flrt_parse_options(argc, argv, \"the %s model, compiled by flowc from ", p);
   c_string(sb, em->opt->source_path ? em->opt->source_path : "a description");
   sb_printf(sb, "\", &opt);\n  flrt_set_threads(opt.threads);\n  flrt_install_interrupt_handler();\n\n");

@@ -19,7 +19,9 @@
 #if !defined(FLRT_NO_BLAS) && !defined(FLRT_NO_OPENBLAS)
 #define FLRT_USE_OPENBLAS_THREADS 1
 extern void openblas_set_num_threads(int);
+extern char *openblas_get_corename(void);
 #endif
+#include <unistd.h>
 
 /* ---- options -------------------------------------------------------------- */
 
@@ -266,5 +268,28 @@ void flrt_set_threads(int n) {
   if (n <= 0) return;
 #ifdef FLRT_USE_OPENBLAS_THREADS
   openblas_set_num_threads(n);
+#endif
+}
+
+/* OpenBLAS picks its kernels from the CPU's name when the library loads. On
+ * virtual machines that report a generic "Xeon Processor" it falls back to
+ * the SSE3 (Prescott) kernels and runs GEMMs at half speed or worse. When that
+ * happened and the CPU has AVX2 or AVX-512, run the program again with
+ * OPENBLAS_CORETYPE naming the right kernels; a user's own setting wins. */
+void flrt_select_blas_kernels(char **argv) {
+#if defined(FLRT_USE_OPENBLAS_THREADS) && defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  if (getenv("OPENBLAS_CORETYPE")) return;
+  const char *core = openblas_get_corename();
+  if (!core || (strcmp(core, "prescott") != 0 && strcmp(core, "Prescott") != 0)) return;
+  __builtin_cpu_init();
+  const char *better = __builtin_cpu_supports("avx512f") ? "SkylakeX"
+                       : __builtin_cpu_supports("avx2")  ? "Haswell"
+                                                         : NULL;
+  if (!better || setenv("OPENBLAS_CORETYPE", better, 1) != 0) return;
+  execv("/proc/self/exe", argv);
+  /* No /proc: keep running on the slow kernels rather than fail. */
+  unsetenv("OPENBLAS_CORETYPE");
+#else
+  (void)argv;
 #endif
 }

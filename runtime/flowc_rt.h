@@ -168,6 +168,10 @@ double flrt_now_ms(void);
  * Ctrl-C kills it. */
 void flrt_install_interrupt_handler(void);
 bool flrt_interrupted(void);
+/* Re-executes the program with OPENBLAS_CORETYPE set when OpenBLAS fell back
+ * to its generic kernels on a CPU with AVX2 or AVX-512 (a VM that hides the
+ * CPU model). Call first thing in main; returns when nothing needs doing. */
+void flrt_select_blas_kernels(char **argv);
 /* Sets the BLAS thread count through openblas_set_num_threads; n <= 0 keeps
  * the library default. Compiled with -DFLRT_NO_BLAS or -DFLRT_NO_OPENBLAS it
  * does nothing (and needs no OpenBLAS to link). */
