@@ -16,6 +16,7 @@
 
 #include "codegen.h"
 #include "emit_internal.h"
+#include "flowc_rt.h"
 
 /* ---- small helpers -------------------------------------------------------- */
 
@@ -367,7 +368,14 @@ static void free_entries(emit_model *em) {
   for (int i = 0; i < em->nentries; i++) {
     emit_entry *e = &em->entries[i];
     free(e->fetches); free(e->runs); free(e->feeds); free(e->fed); free(e->needed); free(e->syms);
+    fl_schedule_free(e->sched);
   }
+  for (int i = 0; i < em->nfused; i++) {
+    free(em->fused_sigs[i]);
+    free(em->fused_names[i]);
+  }
+  free(em->fused_sigs);
+  free(em->fused_names);
   free(em->entries);
   free(em->action_entry);
   free(em->var_names);
@@ -607,94 +615,240 @@ static void emit_lifecycle(const emit_model *em, strbuf *sb) {
             p, p);
 }
 
-static void emit_entry_body(const emit_model *em, const emit_entry *e, strbuf *sb) {
+/* The function name of a fused group, the same for every entry that has the
+ * same group: "f57_epilogue_h_conv1". */
+static const char *fused_name(emit_model *em, const fl_group *grp) {
+  static const char *const kinds[] = {"single", "elementwise", "epilogue", "softmax_xent", "updates"};
+  strbuf sig = {0};
+  sb_printf(&sig, "%d", (int)grp->kind);
+  for (int i = 0; i < grp->nnodes; i++) sb_printf(&sig, ",%d", grp->nodes[i]);
+  for (int i = 0; i < em->nfused; i++)
+    if (strcmp(em->fused_sigs[i], sig.text) == 0) {
+      sb_free(&sig);
+      return em->fused_names[i];
+    }
+  int last = grp->root >= 0 ? grp->root : grp->nodes[grp->nnodes - 1];
+  char label[96], name[256];
+  emit_node_label(em->g, last, label, sizeof label);
+  snprintf(name, sizeof name, "f%d_%s_%s", last, kinds[grp->kind], label);
+  for (int i = 0, suffix = 2; i < em->nfused; i++)
+    if (strcmp(em->fused_names[i], name) == 0) {
+      snprintf(name, sizeof name, "f%d_%s_%s_%d", last, kinds[grp->kind], label, suffix++);
+      i = -1;
+    }
+  em->fused_sigs = realloc(em->fused_sigs, (size_t)(em->nfused + 1) * sizeof(char *));
+  em->fused_names = realloc(em->fused_names, (size_t)(em->nfused + 1) * sizeof(char *));
+  if (!em->fused_sigs || !em->fused_names) abort();
+  em->fused_sigs[em->nfused] = sig.text;
+  em->fused_names[em->nfused] = strdup(name);
+  return em->fused_names[em->nfused++];
+}
+
+static bool group_has_scratch(const fl_graph *g, const fl_group *grp) {
+  for (int i = 0; i < grp->nnodes; i++)
+    if (kernel_needs_scratch(g->nodes[grp->nodes[i]].op)) return true;
+  return false;
+}
+
+/* The arena's buffers for one run: every materialized node, then the
+ * convolutions' scratch, each with the groups that write and last read it. */
+typedef struct {
+  int count;
+  int *node;   /* the node, or -(group + 1) for a group's scratch */
+  int *first, *last;
+} arena_plan;
+
+static arena_plan plan_buffers(const fl_graph *g, const fl_schedule *s) {
+  arena_plan p = {0};
+  int cap = g->nnodes + s->ngroups + 1;
+  p.node = xcalloc((size_t)cap, sizeof(int));
+  p.first = xcalloc((size_t)cap, sizeof(int));
+  p.last = xcalloc((size_t)cap, sizeof(int));
+  for (int i = 0; i < g->nnodes; i++)
+    if (s->materialized[i]) {
+      p.node[p.count] = i;
+      p.first[p.count] = s->first[i];
+      p.last[p.count++] = s->last[i];
+    }
+  for (int gi = 0; gi < s->ngroups; gi++)
+    if (group_has_scratch(g, &s->groups[gi])) {
+      p.node[p.count] = -(gi + 1);
+      p.first[p.count] = p.last[p.count] = gi;
+      p.count++;
+    }
+  return p;
+}
+
+static void free_plan(arena_plan *p) {
+  free(p->node);
+  free(p->first);
+  free(p->last);
+}
+
+/* The scratch of a group's convolution, in floats, as a C expression. */
+static void group_scratch_size(const fl_graph *g, const fl_group *grp, char *buf, size_t cap) {
+  for (int i = 0; i < grp->nnodes; i++)
+    if (kernel_needs_scratch(g->nodes[grp->nodes[i]].op)) {
+      kernel_scratch_size(g, &g->nodes[grp->nodes[i]], buf, cap);
+      return;
+    }
+  snprintf(buf, cap, "0");
+}
+
+static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
   const fl_graph *g = em->g;
+  const fl_schedule *s = e->sched;
   char **buffers = xcalloc((size_t)g->nnodes, sizeof(char *));
   bool *is_const = xcalloc((size_t)g->nnodes, sizeof(bool));
   char size[160], label[96];
   sb_printf(sb, "int %s_%s(", em->prefix, e->name);
   entry_params(em, e, sb);
   sb_printf(sb, ") {\n");
-  for (int s = 0; s < g->nsyms; s++)
-    if (e->syms[s]) {
+  for (int k = 0; k < g->nsyms; k++)
+    if (e->syms[k]) {
       char name[64];
-      fl_c_identifier(g->syms[s], name, sizeof name);
+      fl_c_identifier(g->syms[k], name, sizeof name);
       sb_printf(sb, "  if (%s < 1)\n    return fail(m, \"%s_%s: %s must be at least 1, got %%lld\", (long long)%s);\n",
                 name, em->prefix, e->name, name, name);
     }
-  /* Arena offsets: every computed tensor gets its own slice, sized now that
-   * the symbols are known. */
-  sb_printf(sb, "  size_t arena_bytes = 0;\n");
-  for (int i = 0; i < g->nnodes; i++) {
-    const fl_node *n = &g->nodes[i];
-    if (!e->needed[i] || e->fed[i] || !kernel_exists(n->op) || fl_op_has_side_effect(n->op)) continue;
-    emit_size(g, &n->shape, size, sizeof size);
-    sb_printf(sb, "  const size_t at%d = arena_bytes;\n  arena_bytes += flrt_align((size_t)(%s) * sizeof(%s));\n",
-              i, size, emit_ctype(n->dtype));
-    if (kernel_needs_scratch(n->op)) {
-      kernel_scratch_size(g, n, size, sizeof size);
-      sb_printf(sb, "  const size_t scratch%d = arena_bytes;\n  arena_bytes += flrt_align((size_t)(%s) * sizeof(float));\n",
-                i, size);
+  /* The arena: buffers alive at the same time never overlap; the plan is
+   * made once per run, from this run's sizes. */
+  arena_plan plan = plan_buffers(g, s);
+  int n = plan.count > 0 ? plan.count : 1;
+  sb_printf(sb, "  enum { BUFFERS = %d };\n  static const int first[%d] = {", plan.count, n);
+  for (int i = 0; i < plan.count; i++) sb_printf(sb, "%s%d", i ? ", " : "", plan.first[i]);
+  sb_printf(sb, "%s};\n  static const int last[%d] = {", plan.count ? "" : "0", n);
+  for (int i = 0; i < plan.count; i++) sb_printf(sb, "%s%d", i ? ", " : "", plan.last[i]);
+  sb_printf(sb, "%s};\n  size_t sizes[%d], offsets[%d];\n", plan.count ? "" : "0", n, n);
+  for (int i = 0; i < plan.count; i++) {
+    if (plan.node[i] >= 0) {
+      const fl_node *nd = &g->nodes[plan.node[i]];
+      emit_size(g, &nd->shape, size, sizeof size);
+      emit_node_label(g, plan.node[i], label, sizeof label);
+      sb_printf(sb, "  sizes[%d] = (size_t)(%s) * sizeof(%s); /* %%%d %s */\n", i, size, emit_ctype(nd->dtype),
+                plan.node[i], label);
+    } else {
+      group_scratch_size(g, &s->groups[-plan.node[i] - 1], size, sizeof size);
+      sb_printf(sb, "  sizes[%d] = (size_t)(%s) * sizeof(float); /* im2col scratch */\n", i, size);
     }
   }
+  sb_printf(sb, "  const size_t arena_bytes = flrt_plan_arena(sizes, first, last, BUFFERS, offsets);\n");
   sb_printf(sb, "  if (flrt_arena_reserve(&m->arena, arena_bytes))\n"
                 "    return fail(m, \"%s_%s: out of memory for %%zu bytes of intermediate tensors\", arena_bytes);\n"
-                "  unsigned char *arena = m->arena.base;\n  (void)arena;\n", em->prefix, e->name);
+                "  unsigned char *arena = m->arena.base;\n  (void)arena;\n  (void)offsets;\n", em->prefix, e->name);
+  int *slot = xcalloc((size_t)g->nnodes, sizeof(int));
+  for (int i = 0; i < plan.count; i++)
+    if (plan.node[i] >= 0) slot[plan.node[i]] = i;
   /* Buffers: feeds, variables, constants, aliases and arena slices. */
   for (int i = 0; i < g->nnodes; i++) {
     if (!e->needed[i]) continue;
-    const fl_node *n = &g->nodes[i];
-    const char *type = emit_ctype(n->dtype);
+    const fl_node *nd = &g->nodes[i];
+    const char *type = emit_ctype(nd->dtype);
     char *buf = xcalloc(32, 1);
     snprintf(buf, 32, "t%d", i);
     buffers[i] = buf;
     if (e->fed[i]) {
       emit_node_label(g, i, label, sizeof label);
-      sb_printf(sb, "  const %s *t%d = %s%s;\n", type, i, n->shape.rank ? "" : "&", label);
+      sb_printf(sb, "  const %s *t%d = %s%s;\n", type, i, nd->shape.rank ? "" : "&", label);
       is_const[i] = true;
-    } else if (n->op == FL_OP_VARIABLE) {
+    } else if (nd->op == FL_OP_VARIABLE) {
       sb_printf(sb, "  %s *t%d = m->vars.%s;\n", type, i, em->var_names[i]);
-    } else if (n->op == FL_OP_CONST) {
+    } else if (nd->op == FL_OP_CONST) {
       sb_printf(sb, "  const %s *t%d = c%d;\n", type, i, i);
       is_const[i] = true;
-    } else if (n->op == FL_OP_RESHAPE || n->op == FL_OP_ASSIGN) {
-      int src = n->inputs[n->op == FL_OP_ASSIGN ? 1 : 0];
+    } else if (nd->op == FL_OP_RESHAPE || nd->op == FL_OP_ASSIGN) {
+      int src = nd->inputs[nd->op == FL_OP_ASSIGN ? 1 : 0];
       is_const[i] = is_const[src];
       sb_printf(sb, "  %s%s *t%d = t%d; /* %s: the same data */\n", is_const[i] ? "const " : "", type, i, src,
-                fl_op_name(n->op));
-    } else if (kernel_exists(n->op) && !fl_op_has_side_effect(n->op)) {
-      sb_printf(sb, "  %s *t%d = (%s *)(arena + at%d);\n", type, i, type, i);
+                fl_op_name(nd->op));
+    } else if (s->materialized[i]) {
+      sb_printf(sb, "  %s *t%d = (%s *)(arena + offsets[%d]);\n", type, i, type, slot[i]);
     }
   }
-  /* Pure nodes in node order, then the fetches, then the side effects. */
-  for (int i = 0; i < g->nnodes; i++) {
-    const fl_node *n = &g->nodes[i];
-    if (!e->needed[i] || e->fed[i] || !kernel_exists(n->op) || fl_op_has_side_effect(n->op)) continue;
-    char scratch[64];
-    snprintf(scratch, sizeof scratch, "(float *)(arena + scratch%d)", i);
-    emit_kernel_call(g, i, (const char *const *)buffers, scratch, sb);
+  /* The kernels in schedule order; fetches are copied before side effects. */
+  for (int gi = 0; gi < s->ngroups; gi++) {
+    if (gi == s->npure)
+      for (int i = 0; i < e->nfetches; i++) {
+        int id = e->fetches[i];
+        emit_node_label(g, id, label, sizeof label);
+        emit_size(g, &g->nodes[id].shape, size, sizeof size);
+        sb_printf(sb, "  if (out_%s)\n    memcpy(out_%s, t%d, (size_t)(%s) * sizeof *out_%s);\n", label, label, id,
+                  size, label);
+      }
+    const fl_group *grp = &s->groups[gi];
+    char scratch[64] = "NULL";
+    for (int i = 0; i < plan.count; i++)
+      if (plan.node[i] == -(gi + 1)) snprintf(scratch, sizeof scratch, "(float *)(arena + offsets[%d])", i);
+    if (grp->kind == FL_GROUP_SINGLE)
+      emit_kernel_call(g, grp->nodes[0], (const char *const *)buffers, scratch, sb);
+    else
+      emit_group_call(g, grp, fused_name(em, grp), (const char *const *)buffers, scratch, sb);
   }
-  for (int i = 0; i < e->nfetches; i++) {
-    int id = e->fetches[i];
-    emit_node_label(g, id, label, sizeof label);
-    emit_size(g, &g->nodes[id].shape, size, sizeof size);
-    sb_printf(sb, "  if (out_%s)\n    memcpy(out_%s, t%d, (size_t)(%s) * sizeof *out_%s);\n", label, label, id, size, label);
-  }
+  if (s->npure == s->ngroups)
+    for (int i = 0; i < e->nfetches; i++) {
+      int id = e->fetches[i];
+      emit_node_label(g, id, label, sizeof label);
+      emit_size(g, &g->nodes[id].shape, size, sizeof size);
+      sb_printf(sb, "  if (out_%s)\n    memcpy(out_%s, t%d, (size_t)(%s) * sizeof *out_%s);\n", label, label, id, size,
+                label);
+    }
   for (int i = 0; i < g->nnodes; i++) {
-    const fl_node *n = &g->nodes[i];
-    if (!e->needed[i] || e->fed[i] || !fl_op_has_side_effect(n->op)) continue;
-    if (n->op == FL_OP_ASSIGN) {
-      emit_node_comment(g, n, sb);
-      sb_printf(sb, "  memmove(m->vars.%s, t%d, sizeof m->vars.%s);\n", em->var_names[n->inputs[0]], i,
-                em->var_names[n->inputs[0]]);
-    } else if (kernel_exists(n->op))
-      emit_kernel_call(g, i, (const char *const *)buffers, NULL, sb);
+    const fl_node *nd = &g->nodes[i];
+    if (!e->needed[i] || e->fed[i] || nd->op != FL_OP_ASSIGN) continue;
+    emit_node_comment(g, nd, sb);
+    sb_printf(sb, "  memmove(m->vars.%s, t%d, sizeof m->vars.%s);\n", em->var_names[nd->inputs[0]], i,
+              em->var_names[nd->inputs[0]]);
   }
   if (e->uses_dropout) sb_printf(sb, "  m->dropout_runs++;\n");
   sb_printf(sb, "  return 0;\n}\n\n");
   for (int i = 0; i < g->nnodes; i++) free(buffers[i]);
   free(buffers);
   free(is_const);
+  free(slot);
+  free_plan(&plan);
+}
+
+/* What --report prints: each entry's arena at the train block's batch size. */
+static void write_report(const emit_model *em, FILE *out) {
+  const fl_graph *g = em->g;
+  int64_t batch = g->train.batch;
+  size_t vars = 0, peak_arena = 0;
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i].op == FL_OP_VARIABLE)
+      vars += (size_t)fl_shape_const_size(&g->nodes[i].shape) * fl_dtype_size(g->nodes[i].dtype);
+  fprintf(out, "%s: memory at batch %lld\n", em->prefix, (long long)batch);
+  for (int e = 0; e < em->nentries; e++) {
+    const emit_entry *en = &em->entries[e];
+    arena_plan plan = plan_buffers(g, en->sched);
+    size_t *sizes = xcalloc((size_t)plan.count + 1, sizeof(size_t)), *offsets = xcalloc((size_t)plan.count + 1, sizeof(size_t));
+    size_t unplanned = 0;
+    for (int i = 0; i < plan.count; i++) {
+      if (plan.node[i] >= 0) {
+        const fl_node *nd = &g->nodes[plan.node[i]];
+        sizes[i] = (size_t)fl_shape_size_at(&nd->shape, batch) * fl_dtype_size(nd->dtype);
+      } else {
+        const fl_group *grp = &en->sched->groups[-plan.node[i] - 1];
+        for (int k = 0; k < grp->nnodes; k++)
+          if (kernel_needs_scratch(g->nodes[grp->nodes[k]].op)) {
+            const fl_node *cv = &g->nodes[grp->nodes[k]];
+            const fl_shape *y = cv->op == FL_OP_CONV2D ? &cv->shape : &g->nodes[cv->inputs[cv->op == FL_OP_CONV2D_GRAD_INPUT ? 0 : 1]].shape;
+            const fl_shape *w = cv->op == FL_OP_CONV2D_GRAD_FILTER ? &cv->shape : &g->nodes[cv->inputs[1]].shape;
+            sizes[i] = (size_t)(fl_shape_size_at(y, batch) / w->dims[3].coef * w->dims[0].coef * w->dims[1].coef *
+                                w->dims[2].coef) * sizeof(float);
+          }
+      }
+      unplanned += flrt_align(sizes[i]);
+    }
+    size_t arena = flrt_plan_arena(sizes, plan.first, plan.last, plan.count, offsets);
+    fprintf(out, "  entry %-24s %3d kernels  arena %10.2f MiB  (%.2f MiB without reuse)\n", en->name,
+            en->sched->ngroups, (double)arena / 1048576.0, (double)unplanned / 1048576.0);
+    if (arena > peak_arena) peak_arena = arena;
+    free(sizes);
+    free(offsets);
+    free_plan(&plan);
+  }
+  fprintf(out, "  variables %.2f MiB, largest arena %.2f MiB: peak %.2f MiB (plus the data set)\n",
+          (double)vars / 1048576.0, (double)peak_arena / 1048576.0, (double)(vars + peak_arena) / 1048576.0);
 }
 
 /* Every cost is linear in the batch: a + b * batch, from the costs at 1 and 2. */
@@ -716,7 +870,7 @@ static void emit_entry_flops(const emit_model *em, const emit_entry *e, strbuf *
             (long long)(2 * all[0] - all[1]), (long long)(all[1] - all[0]));
 }
 
-static int emit_source(const emit_model *em, strbuf *sb) {
+static int emit_source(emit_model *em, strbuf *sb) {
   const fl_graph *g = em->g;
   sb_printf(sb, "/* %s.c - generated by flowc %s from %s. Each kernel function implements\n"
                 " * the graph node named in the comment above it. Do not edit. */\n",
@@ -733,13 +887,23 @@ static int emit_source(const emit_model *em, strbuf *sb) {
   for (int i = 0; i < g->nnodes; i++)
     if (used[i] && g->nodes[i].op == FL_OP_CONST) emit_const_data(g, i, sb);
   sb_printf(sb, "\n");
-  for (int i = 0; i < g->nnodes; i++)
-    if (used[i] && kernel_exists(g->nodes[i].op)) {
-      bool init_only = true;
-      for (int e = 0; e < em->nentries; e++)
-        if (em->entries[e].needed[i] && !em->entries[e].fed[i]) init_only = false;
-      if (!init_only) emit_kernel(g, i, sb);
+  /* One definition per single node and per distinct fused group. */
+  bool *defined = xcalloc((size_t)g->nnodes, sizeof(bool));
+  for (int e = 0; e < em->nentries; e++) {
+    const fl_schedule *sched = em->entries[e].sched;
+    for (int gi = 0; gi < sched->ngroups; gi++) {
+      const fl_group *grp = &sched->groups[gi];
+      if (grp->kind == FL_GROUP_SINGLE) {
+        if (!defined[grp->nodes[0]]) emit_kernel(g, grp->nodes[0], sb);
+        defined[grp->nodes[0]] = true;
+      } else {
+        int before = em->nfused;
+        const char *name = fused_name(em, grp);
+        if (em->nfused > before) emit_group_kernel(g, grp, name, sb);
+      }
     }
+  }
+  free(defined);
   free(used);
   emit_lifecycle(em, sb);
   if (emit_init(em, sb)) return -1;
@@ -764,7 +928,12 @@ int fl_emit_c(const fl_graph *g, const char *dir, const fl_codegen_options *opt)
     em.action_entry[i] = build_entry_for_action(&em, &g->train.actions[i]);
     if (em.action_entry[i] < 0) status = -1;
   }
+  for (int e = 0; e < em.nentries && status == 0; e++) {
+    emit_entry *en = &em.entries[e];
+    en->sched = fl_schedule_run(g, en->needed, en->fed, en->fetches, en->nfetches, !opt->no_fuse);
+  }
   strbuf header = {0}, source = {0}, main_c = {0};
+  if (status == 0 && opt->report) write_report(&em, opt->report);
   if (status == 0) {
     emit_header(&em, &header);
     status = emit_source(&em, &source);
@@ -781,6 +950,27 @@ int fl_emit_c(const fl_graph *g, const char *dir, const fl_codegen_options *opt)
   sb_free(&header);
   sb_free(&source);
   sb_free(&main_c);
+  free_entries(&em);
+  return status;
+}
+
+int fl_dump_fusion(const fl_graph *g, FILE *out) {
+  emit_model em;
+  memset(&em, 0, sizeof em);
+  em.g = g;
+  em.entries = xcalloc((size_t)g->train.nactions + 1, sizeof(emit_entry));
+  em.action_entry = xcalloc((size_t)g->train.nactions + 1, sizeof(int));
+  int status = 0;
+  for (int i = 0; i < g->train.nactions && status == 0; i++)
+    if ((em.action_entry[i] = build_entry_for_action(&em, &g->train.actions[i])) < 0) status = -1;
+  for (int e = 0; e < em.nentries && status == 0; e++) {
+    emit_entry *en = &em.entries[e];
+    en->sched = fl_schedule_run(g, en->needed, en->fed, en->fetches, en->nfetches, true);
+    int nodes = 0;
+    for (int i = 0; i < en->sched->ngroups; i++) nodes += en->sched->groups[i].nnodes;
+    fprintf(out, "entry %s: %d kernels for %d nodes\n", en->name, en->sched->ngroups, nodes);
+    fl_dump_schedule(g, en->sched, out);
+  }
   free_entries(&em);
   return status;
 }

@@ -38,6 +38,7 @@ typedef struct {
   bool *syms;      /* per symbol: a parameter of this entry */
   bool uses_dropout;
   fl_when when;    /* of the first action that uses it */
+  fl_schedule *sched; /* its kernels (fusion groups), their order and lifetimes */
 } emit_entry;
 
 typedef struct {
@@ -48,6 +49,9 @@ typedef struct {
   int nentries;
   int *action_entry;      /* per train action: its entry */
   char (*var_names)[96];  /* per node: C field name of a VARIABLE */
+  char **fused_sigs;      /* fused kernels emitted so far: membership signature */
+  char **fused_names;     /* ... and function name */
+  int nfused;
 } emit_model;
 
 /* Writes main.c: the training driver over the model's entries. */

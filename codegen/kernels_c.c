@@ -274,6 +274,90 @@ static void emit_update(const fl_graph *g, const fl_node *n, strbuf *sb) {
   }
 }
 
+/* The statements of node n's kernel: inputs are in0, in1, ... (or the update
+ * names), the result is out, convolution scratch is scratch. */
+static void emit_node_body(const fl_graph *g, const fl_node *n, strbuf *sb) {
+  const fl_shape *x = n->ninputs ? &g->nodes[n->inputs[0]].shape : NULL;
+  char size[128], buf[256], lit[64];
+  emit_size(g, &n->shape, size, sizeof size);
+  switch (n->op) {
+  case FL_OP_FILL:
+    emit_float(lit, sizeof lit, n->attr.value);
+    if (n->dtype != FL_F32) snprintf(lit, sizeof lit, "(%s)%lld", emit_ctype(n->dtype), (long long)n->attr.value);
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out[i] = %s;\n", size, lit);
+    break;
+  case FL_OP_MATMUL:
+    if (n->dtype != FL_F32) {
+      char lda[96], ldb[96];
+      emit_dim(g, x->dims[1], lda, sizeof lda);
+      emit_dim(g, g->nodes[n->inputs[1]].shape.dims[1], ldb, sizeof ldb);
+      sb_printf(sb, "  const int64_t m_lda = %s, m_ldb = %s;\n", lda, ldb);
+    }
+    emit_matmul(g, n, sb);
+    break;
+  case FL_OP_CONV2D: {
+    const fl_shape *w = &g->nodes[n->inputs[1]].shape;
+    emit_window(g, n, x, w->dims[0].coef, w->dims[1].coef, sb);
+    sb_printf(sb, "  flrt_conv2d(&w, %lld, in0, in1, out, scratch);\n", (long long)w->dims[3].coef);
+    break;
+  }
+  case FL_OP_CONV2D_GRAD_INPUT: {
+    const fl_shape *w = &g->nodes[n->inputs[1]].shape;
+    emit_window(g, n, &n->shape, w->dims[0].coef, w->dims[1].coef, sb);
+    sb_printf(sb, "  flrt_conv2d_grad_input(&w, %lld, in0, in1, out, scratch);\n", (long long)w->dims[3].coef);
+    break;
+  }
+  case FL_OP_CONV2D_GRAD_FILTER:
+    emit_window(g, n, x, n->shape.dims[0].coef, n->shape.dims[1].coef, sb);
+    sb_printf(sb, "  flrt_conv2d_grad_filter(&w, %lld, in0, in1, out, scratch);\n", (long long)n->shape.dims[3].coef);
+    break;
+  case FL_OP_MAX_POOL: case FL_OP_MAX_POOL_GRAD:
+    emit_window(g, n, x, n->attr.ksize[0], n->attr.ksize[1], sb);
+    if (n->op == FL_OP_MAX_POOL) sb_printf(sb, "  flrt_max_pool(&w, in0, out);\n");
+    else sb_printf(sb, "  flrt_max_pool_grad(&w, in0, in1, out);\n");
+    break;
+  case FL_OP_REDUCE_SUM: case FL_OP_REDUCE_MEAN: {
+    char in_size[128], scale[300];
+    reduce_out_index(g, n, x, buf, sizeof buf);
+    emit_size(g, x, in_size, sizeof in_size);
+    snprintf(scale, sizeof scale, "(1.0 / (double)((%s) / (%s)))", in_size, size);
+    emit_sum_loops(g, n, x, buf, n->op == FL_OP_REDUCE_MEAN ? scale : NULL, sb);
+    break;
+  }
+  case FL_OP_SUM_TO:
+    sum_to_out_index(g, n, x, buf, sizeof buf);
+    emit_sum_loops(g, n, x, buf, NULL, sb);
+    break;
+  case FL_OP_BROADCAST: {
+    char in_idx[256], out_idx[256], in_size[128];
+    broadcast_index(g, x, n->shape.rank, in_idx, sizeof in_idx);
+    broadcast_index(g, &n->shape, n->shape.rank, out_idx, sizeof out_idx);
+    emit_size(g, x, in_size, sizeof in_size);
+    if (n->attr.mean)
+      sb_printf(sb, "  const float scale = (float)(1.0 / (double)((%s) / (%s)));\n", size, in_size);
+    int depth = open_loops(g, &n->shape, sb);
+    sb_printf(sb, "%*sout[%s] = in0[%s]%s;\n", 2 + 2 * depth, "", out_idx, in_idx, n->attr.mean ? " * scale" : "");
+    break;
+  }
+  case FL_OP_ARGMAX:
+    emit_argmax(g, n, sb);
+    break;
+  case FL_OP_SOFTMAX: case FL_OP_SOFTMAX_XENT: case FL_OP_SOFTMAX_XENT_GRAD:
+    emit_softmax_family(g, n, sb);
+    break;
+  case FL_OP_DROPOUT_MASK:
+    sb_printf(sb, "  flrt_dropout_mask(out, (size_t)(%s), in1[0], seed, %d, run);\n", size, n->attr.stream);
+    break;
+  case FL_OP_APPLY_SGD: case FL_OP_APPLY_MOMENTUM: case FL_OP_APPLY_ADAM:
+    emit_update(g, n, sb);
+    break;
+  default:
+    if (fl_op_is_elementwise(n->op)) emit_elementwise(g, n, sb);
+    else sb_printf(sb, "  /* no kernel for %s */\n", fl_op_name(n->op));
+    break;
+  }
+}
+
 bool kernel_exists(fl_op op) {
   switch (op) {
   case FL_OP_PLACEHOLDER: case FL_OP_VARIABLE: case FL_OP_CONST: case FL_OP_RESHAPE:
@@ -365,85 +449,7 @@ void emit_kernel(const fl_graph *g, int id, strbuf *sb) {
   if (!nparams) sb_printf(sb, "void");
   sb_printf(sb, ") {\n");
 
-  const fl_shape *x = n->ninputs ? &g->nodes[n->inputs[0]].shape : NULL;
-  char size[128], buf[256], lit[64];
-  emit_size(g, &n->shape, size, sizeof size);
-  switch (n->op) {
-  case FL_OP_FILL:
-    emit_float(lit, sizeof lit, n->attr.value);
-    if (n->dtype != FL_F32) snprintf(lit, sizeof lit, "(%s)%lld", emit_ctype(n->dtype), (long long)n->attr.value);
-    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out[i] = %s;\n", size, lit);
-    break;
-  case FL_OP_MATMUL:
-    if (n->dtype != FL_F32) {
-      char lda[96], ldb[96];
-      emit_dim(g, x->dims[1], lda, sizeof lda);
-      emit_dim(g, g->nodes[n->inputs[1]].shape.dims[1], ldb, sizeof ldb);
-      sb_printf(sb, "  const int64_t m_lda = %s, m_ldb = %s;\n", lda, ldb);
-    }
-    emit_matmul(g, n, sb);
-    break;
-  case FL_OP_CONV2D: {
-    const fl_shape *w = &g->nodes[n->inputs[1]].shape;
-    emit_window(g, n, x, w->dims[0].coef, w->dims[1].coef, sb);
-    sb_printf(sb, "  flrt_conv2d(&w, %lld, in0, in1, out, scratch);\n", (long long)w->dims[3].coef);
-    break;
-  }
-  case FL_OP_CONV2D_GRAD_INPUT: {
-    const fl_shape *w = &g->nodes[n->inputs[1]].shape;
-    emit_window(g, n, &n->shape, w->dims[0].coef, w->dims[1].coef, sb);
-    sb_printf(sb, "  flrt_conv2d_grad_input(&w, %lld, in0, in1, out, scratch);\n", (long long)w->dims[3].coef);
-    break;
-  }
-  case FL_OP_CONV2D_GRAD_FILTER:
-    emit_window(g, n, x, n->shape.dims[0].coef, n->shape.dims[1].coef, sb);
-    sb_printf(sb, "  flrt_conv2d_grad_filter(&w, %lld, in0, in1, out, scratch);\n", (long long)n->shape.dims[3].coef);
-    break;
-  case FL_OP_MAX_POOL: case FL_OP_MAX_POOL_GRAD:
-    emit_window(g, n, x, n->attr.ksize[0], n->attr.ksize[1], sb);
-    if (n->op == FL_OP_MAX_POOL) sb_printf(sb, "  flrt_max_pool(&w, in0, out);\n");
-    else sb_printf(sb, "  flrt_max_pool_grad(&w, in0, in1, out);\n");
-    break;
-  case FL_OP_REDUCE_SUM: case FL_OP_REDUCE_MEAN: {
-    char in_size[128], scale[300];
-    reduce_out_index(g, n, x, buf, sizeof buf);
-    emit_size(g, x, in_size, sizeof in_size);
-    snprintf(scale, sizeof scale, "(1.0 / (double)((%s) / (%s)))", in_size, size);
-    emit_sum_loops(g, n, x, buf, n->op == FL_OP_REDUCE_MEAN ? scale : NULL, sb);
-    break;
-  }
-  case FL_OP_SUM_TO:
-    sum_to_out_index(g, n, x, buf, sizeof buf);
-    emit_sum_loops(g, n, x, buf, NULL, sb);
-    break;
-  case FL_OP_BROADCAST: {
-    char in_idx[256], out_idx[256], in_size[128];
-    broadcast_index(g, x, n->shape.rank, in_idx, sizeof in_idx);
-    broadcast_index(g, &n->shape, n->shape.rank, out_idx, sizeof out_idx);
-    emit_size(g, x, in_size, sizeof in_size);
-    if (n->attr.mean)
-      sb_printf(sb, "  const float scale = (float)(1.0 / (double)((%s) / (%s)));\n", size, in_size);
-    int depth = open_loops(g, &n->shape, sb);
-    sb_printf(sb, "%*sout[%s] = in0[%s]%s;\n", 2 + 2 * depth, "", out_idx, in_idx, n->attr.mean ? " * scale" : "");
-    break;
-  }
-  case FL_OP_ARGMAX:
-    emit_argmax(g, n, sb);
-    break;
-  case FL_OP_SOFTMAX: case FL_OP_SOFTMAX_XENT: case FL_OP_SOFTMAX_XENT_GRAD:
-    emit_softmax_family(g, n, sb);
-    break;
-  case FL_OP_DROPOUT_MASK:
-    sb_printf(sb, "  flrt_dropout_mask(out, (size_t)(%s), in1[0], seed, %d, run);\n", size, n->attr.stream);
-    break;
-  case FL_OP_APPLY_SGD: case FL_OP_APPLY_MOMENTUM: case FL_OP_APPLY_ADAM:
-    emit_update(g, n, sb);
-    break;
-  default:
-    if (fl_op_is_elementwise(n->op)) emit_elementwise(g, n, sb);
-    else sb_printf(sb, "  /* no kernel for %s */\n", fl_op_name(n->op));
-    break;
-  }
+  emit_node_body(g, n, sb);
   sb_printf(sb, "}\n\n");
 }
 
@@ -464,6 +470,245 @@ void emit_kernel_call(const fl_graph *g, int id, const char *const *buffers,
   if (n->op == FL_OP_DROPOUT_MASK) sb_printf(sb, "%sm->seed, m->dropout_runs", nargs++ ? ", " : "");
   bool uses[64];
   emit_node_syms(g, n, uses);
+  for (int s = 0; s < g->nsyms && s < 64; s++)
+    if (uses[s]) {
+      char name[64];
+      fl_c_identifier(g->syms[s], name, sizeof name);
+      sb_printf(sb, "%s%s", nargs++ ? ", " : "", name);
+    }
+  sb_printf(sb, ");\n");
+}
+
+/* ---- fused groups ----------------------------------------------------------- */
+
+static bool in_group(const fl_group *grp, int node) {
+  for (int i = 0; i < grp->nnodes; i++)
+    if (grp->nodes[i] == node) return true;
+  return false;
+}
+
+/* The group's inputs from outside it, each once, in first-use order. */
+int group_inputs(const fl_graph *g, const fl_group *grp, int *ins) {
+  int count = 0;
+  for (int i = 0; i < grp->nnodes; i++) {
+    const fl_node *m = &g->nodes[grp->nodes[i]];
+    for (int k = 0; k < m->ninputs; k++) {
+      int in = m->inputs[k];
+      if (in_group(grp, in) || (m->op == FL_OP_DROPOUT_MASK && k == 0)) continue;
+      bool seen = false;
+      for (int j = 0; j < count && !seen; j++) seen = ins[j] == in;
+      if (!seen) ins[count++] = in;
+    }
+  }
+  return count;
+}
+
+/* Members whose values the group stores, in order: the root, or every member. */
+static int group_outputs(const fl_graph *g, const fl_group *grp, int *outs) {
+  if (grp->root >= 0) {
+    outs[0] = grp->root;
+    return 1;
+  }
+  int count = 0;
+  for (int i = 0; i < grp->nnodes; i++)
+    if (!fl_op_has_side_effect(g->nodes[grp->nodes[i]].op)) outs[count++] = grp->nodes[i];
+  return count;
+}
+
+static int input_index(const int *ins, int n, int node) {
+  for (int i = 0; i < n; i++)
+    if (ins[i] == node) return i;
+  return -1;
+}
+
+static bool written_by_group(const fl_graph *g, const fl_group *grp, int node) {
+  for (int i = 0; i < grp->nnodes; i++) {
+    const fl_node *m = &g->nodes[grp->nodes[i]];
+    for (int k = 0; k < m->ninputs; k++)
+      if (m->inputs[k] == node && param_is_written(m, k)) return true;
+  }
+  return false;
+}
+
+static bool group_needs_scratch(const fl_graph *g, const fl_group *grp) {
+  for (int i = 0; i < grp->nnodes; i++)
+    if (kernel_needs_scratch(g->nodes[grp->nodes[i]].op)) return true;
+  return false;
+}
+
+static void group_syms(const fl_graph *g, const fl_group *grp, bool *uses) {
+  bool one[64];
+  memset(uses, 0, sizeof(bool) * 64);
+  for (int i = 0; i < grp->nnodes; i++) {
+    emit_node_syms(g, &g->nodes[grp->nodes[i]], one);
+    for (int s = 0; s < g->nsyms && s < 64; s++) uses[s] |= one[s];
+  }
+}
+
+/* The expression of member `node` of an elementwise tree, inputs by index. */
+static void tree_expr(const fl_graph *g, const fl_group *grp, int node, const int *ins, int nins,
+                      const char *const *index, char *buf, size_t cap) {
+  if (!in_group(grp, node)) {
+    snprintf(buf, cap, "in%d[%s]", input_index(ins, nins, node), index[input_index(ins, nins, node)]);
+    return;
+  }
+  const fl_node *n = &g->nodes[node];
+  char a[2048] = "", b[2048] = "", inner[4096];
+  if (n->ninputs > 0) tree_expr(g, grp, n->inputs[0], ins, nins, index, a, sizeof a);
+  if (n->ninputs > 1) tree_expr(g, grp, n->inputs[1], ins, nins, index, b, sizeof b);
+  char pa[2100], pb[2100];
+  snprintf(pa, sizeof pa, "(%s)", a);
+  snprintf(pb, sizeof pb, "(%s)", b);
+  elementwise_expr(g, n, pa, pb, inner, sizeof inner);
+  snprintf(buf, cap, "%s", inner);
+}
+
+static void emit_elementwise_group(const fl_graph *g, const fl_group *grp, const int *ins, int nins, strbuf *sb) {
+  const fl_node *root = &g->nodes[grp->root];
+  char size[128];
+  emit_size(g, &root->shape, size, sizeof size);
+  bool flat = true;
+  for (int i = 0; i < nins; i++) {
+    const fl_shape *s = &g->nodes[ins[i]].shape;
+    if (!fl_shape_eq(s, &root->shape) && fl_shape_const_size(s) != 1) flat = false;
+  }
+  char index_store[16][256];
+  const char *index[16];
+  for (int i = 0; i < nins && i < 16; i++) {
+    const fl_shape *s = &g->nodes[ins[i]].shape;
+    if (flat) snprintf(index_store[i], sizeof index_store[i], "%s", fl_shape_eq(s, &root->shape) ? "i" : "0");
+    else broadcast_index(g, s, root->shape.rank, index_store[i], sizeof index_store[i]);
+    index[i] = index_store[i];
+  }
+  char expr[8192];
+  tree_expr(g, grp, grp->root, ins, nins, index, expr, sizeof expr);
+  if (flat) {
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out0[i] = %s;\n", size, expr);
+    return;
+  }
+  char out_idx[256];
+  broadcast_index(g, &root->shape, root->shape.rank, out_idx, sizeof out_idx);
+  int depth = open_loops(g, &root->shape, sb);
+  sb_printf(sb, "%*sout0[%s] = %s;\n", 2 + 2 * depth, "", out_idx, expr);
+}
+
+/* matmul or conv2d into out0, then bias (and relu) in place over the rows. */
+static void emit_epilogue_group(const fl_graph *g, const fl_group *grp, const int *ins, int nins, strbuf *sb) {
+  const fl_node *gemm = &g->nodes[grp->nodes[0]];
+  const fl_node *add = &g->nodes[grp->nodes[1]];
+  int bias = add->inputs[0] == gemm->id ? add->inputs[1] : add->inputs[0];
+  bool relu = grp->nnodes > 2;
+  sb_printf(sb, "  float *out = out0;\n  {\n");
+  /* the GEMM's body reads in0/in1: its inputs come first in the group's list */
+  emit_node_body(g, gemm, sb);
+  sb_printf(sb, "  }\n");
+  char size[128], channels[96];
+  emit_size(g, &gemm->shape, size, sizeof size);
+  emit_dim(g, gemm->shape.dims[gemm->shape.rank - 1], channels, sizeof channels);
+  sb_printf(sb, "  const int64_t channels = %s, rows = (%s) / channels;\n", channels, size);
+  sb_printf(sb, "  const float *bias = in%d;\n", input_index(ins, nins, bias));
+  sb_printf(sb, "  for (int64_t r = 0; r < rows; r++) {\n    float *row = out + r * channels;\n"
+                "    for (int64_t c = 0; c < channels; c++) {\n      const float v = row[c] + bias[c];\n");
+  sb_printf(sb, relu ? "      row[c] = v > 0.0f ? v : 0.0f;\n" : "      row[c] = v;\n");
+  sb_printf(sb, "    }\n  }\n");
+}
+
+/* Loss and gradient of softmax cross-entropy from one softmax per row. */
+static void emit_xent_group(const fl_graph *g, const fl_group *grp, strbuf *sb) {
+  const fl_node *x = &g->nodes[grp->nodes[0]];
+  const fl_shape *logits = &g->nodes[x->inputs[1]].shape;
+  char rows[128], classes[96];
+  emit_dims_product(g, logits, 0, logits->rank - 1, rows, sizeof rows);
+  emit_dim(g, logits->dims[logits->rank - 1], classes, sizeof classes);
+  sb_printf(sb, "  const int64_t classes = %s;\n  for (int64_t r = 0; r < %s; r++) {\n", classes, rows);
+  sb_printf(sb, "    const float *z = in1 + r * classes, *labels = in0 + r * classes;\n"
+                "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n      if (z[c] > max) max = z[c];\n"
+                "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++)\n      sum += exp((double)z[c] - max);\n"
+                "    const double log_sum = log(sum);\n    double loss = 0.0;\n"
+                "    for (int64_t c = 0; c < classes; c++) {\n"
+                "      loss -= labels[c] * ((double)z[c] - max - log_sum);\n"
+                "      out1[r * classes + c] = (float)((exp((double)z[c] - max) / sum - labels[c]) * in2[r]);\n"
+                "    }\n    out0[r] = (float)loss;\n  }\n");
+}
+
+static void emit_updates_group(const fl_graph *g, const fl_group *grp, const int *ins, int nins, strbuf *sb) {
+  for (int i = 0; i < grp->nnodes; i++) {
+    const fl_node *n = &g->nodes[grp->nodes[i]];
+    char label[96];
+    emit_node_label(g, n->inputs[0], label, sizeof label);
+    sb_printf(sb, "  { /* %%%d %s of %s */\n", n->id, fl_op_name(n->op), label);
+    for (int k = 0; k < n->ninputs; k++) {
+      char pname[16];
+      const char *name = param_name(n, k, pname, sizeof pname);
+      sb_printf(sb, "    %sfloat *%s = in%d;\n", param_is_written(n, k) ? "" : "const ", name,
+                input_index(ins, nins, n->inputs[k]));
+    }
+    strbuf body = {0};
+    emit_update(g, n, &body);
+    /* indent the shared update body one level deeper */
+    for (char *line = body.text; line && *line;) {
+      char *end = strchr(line, '\n');
+      size_t len = end ? (size_t)(end - line) : strlen(line);
+      sb_printf(sb, "  %.*s\n", (int)len, line);
+      line = end ? end + 1 : line + len;
+    }
+    sb_free(&body);
+    sb_printf(sb, "  }\n");
+  }
+}
+
+void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname, strbuf *sb) {
+  int ins[256], outs[8];
+  int nins = group_inputs(g, grp, ins), nouts = group_outputs(g, grp, outs);
+  static const char *const kinds[] = {"single", "elementwise", "epilogue", "softmax_xent", "updates"};
+  sb_printf(sb, "/* fused %s:\n", kinds[grp->kind]);
+  for (int i = 0; i < grp->nnodes; i++) {
+    sb_printf(sb, " * ");
+    strbuf line = {0};
+    emit_node_comment(g, &g->nodes[grp->nodes[i]], &line);
+    /* drop the comment markers of the single-node form */
+    sb_printf(sb, "%.*s\n", (int)(line.len > 6 ? line.len - 6 : 0), line.text ? line.text + 3 : "");
+    sb_free(&line);
+  }
+  sb_printf(sb, " */\nstatic void %s(", fname);
+  int nparams = 0;
+  for (int i = 0; i < nins; i++)
+    sb_printf(sb, "%s%s%s *restrict in%d", nparams++ ? ", " : "", written_by_group(g, grp, ins[i]) ? "" : "const ",
+              emit_ctype(g->nodes[ins[i]].dtype), i);
+  for (int i = 0; i < nouts; i++)
+    sb_printf(sb, "%s%s *restrict out%d", nparams++ ? ", " : "", emit_ctype(g->nodes[outs[i]].dtype), i);
+  if (group_needs_scratch(g, grp)) sb_printf(sb, "%sfloat *restrict scratch", nparams++ ? ", " : "");
+  bool uses[64];
+  group_syms(g, grp, uses);
+  for (int s = 0; s < g->nsyms && s < 64; s++)
+    if (uses[s]) {
+      char name[64];
+      fl_c_identifier(g->syms[s], name, sizeof name);
+      sb_printf(sb, "%sint64_t %s", nparams++ ? ", " : "", name);
+    }
+  if (!nparams) sb_printf(sb, "void");
+  sb_printf(sb, ") {\n");
+  switch (grp->kind) {
+  case FL_GROUP_ELEMENTWISE: emit_elementwise_group(g, grp, ins, nins, sb); break;
+  case FL_GROUP_EPILOGUE: emit_epilogue_group(g, grp, ins, nins, sb); break;
+  case FL_GROUP_SOFTMAX_XENT: emit_xent_group(g, grp, sb); break;
+  case FL_GROUP_UPDATES: emit_updates_group(g, grp, ins, nins, sb); break;
+  default: break;
+  }
+  sb_printf(sb, "}\n\n");
+}
+
+void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, const char *const *buffers,
+                     const char *scratch, strbuf *sb) {
+  int ins[256], outs[8];
+  int nins = group_inputs(g, grp, ins), nouts = group_outputs(g, grp, outs);
+  sb_printf(sb, "  %s(", fname);
+  int nargs = 0;
+  for (int i = 0; i < nins; i++) sb_printf(sb, "%s%s", nargs++ ? ", " : "", buffers[ins[i]]);
+  for (int i = 0; i < nouts; i++) sb_printf(sb, "%s%s", nargs++ ? ", " : "", buffers[outs[i]]);
+  if (group_needs_scratch(g, grp)) sb_printf(sb, "%s%s", nargs++ ? ", " : "", scratch);
+  bool uses[64];
+  group_syms(g, grp, uses);
   for (int s = 0; s < g->nsyms && s < 64; s++)
     if (uses[s]) {
       char name[64];

@@ -16,4 +16,11 @@ void emit_kernel(const fl_graph *g, int id, strbuf *sb);
 void emit_kernel_call(const fl_graph *g, int id, const char *const *buffers, const char *scratch,
                       strbuf *sb);
 
+/* Fused groups (fl_schedule): one function each; SINGLE groups use emit_kernel. */
+void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname, strbuf *sb);
+void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, const char *const *buffers,
+                     const char *scratch, strbuf *sb);
+/* The group's inputs from outside it, each once (returns the count). */
+int group_inputs(const fl_graph *g, const fl_group *grp, int *ins);
+
 #endif

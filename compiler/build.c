@@ -58,7 +58,8 @@ int fl_emit_program(const fl_graph *g, const fl_build_request *req, const char *
   char name[128];
   if (req->name) fl_c_identifier(req->name, name, sizeof name);
   else fl_model_name(req->source_path, name, sizeof name);
-  fl_codegen_options opt = {.name = name, .source_path = req->source_path, .with_main = true};
+  fl_codegen_options opt = {.name = name, .source_path = req->source_path, .with_main = true,
+                            .no_fuse = req->unoptimized, .report = req->report ? stdout : NULL};
   if (fl_emit_c(g, dir, &opt)) return -1;
   for (int i = 0; i < fl_runtime_file_count; i++)
     if (write_text(dir, fl_runtime_files[i].name, fl_runtime_files[i].text, fl_runtime_files[i].len))
@@ -252,6 +253,8 @@ static int read_build_options(const struct flowc_args *args, fl_build_request *r
     else if (strcmp(opt, "--cc") == 0 && i + 1 < args->nextra && is_build) req->cc = args->extra[++i];
     else if (strcmp(opt, "--keep") == 0 && is_build) req->keep = true;
     else if (strcmp(opt, "--verbose") == 0 || strcmp(opt, "-v") == 0) req->verbose = true;
+    else if (strcmp(opt, "-O0") == 0) req->unoptimized = true;
+    else if (strcmp(opt, "--report") == 0) req->report = true;
     else return flowc_usage_error("%s: unknown option '%s'", args->command, opt);
   }
   return FLOWC_OK;
@@ -273,6 +276,7 @@ static int build_or_emit(int argc, char **argv, bool is_build) {
   }
   fl_graph *g = flowc_load(&args);
   if (!g) return FLOWC_USER_ERROR;
+  if (!req.unoptimized) fl_simplify(g);
   rc = is_build ? fl_build_program(g, &req) : fl_emit_program(g, &req, req.output);
   fl_graph_free(g);
   if (rc) return FLOWC_USER_ERROR;

@@ -11,6 +11,8 @@ typedef struct {
   const char *cc;          /* C compiler; NULL: $CC or "cc" */
   bool keep;               /* build: keep the generated sources (printed) */
   bool verbose;            /* print the compiler command */
+  bool unoptimized;        /* -O0: no simplification, one kernel per node */
+  bool report;             /* --report: print arena, variable and peak memory */
 } fl_build_request;
 
 /* The default model name: the description's base name as a C identifier. */

@@ -29,7 +29,8 @@ struct flowc_args {
  * command's own options that take a value ("--target"), NULL-terminated, or is
  * NULL. Returns FLOWC_OK, or FLOWC_USAGE_ERROR after printing why. Options
  * not in value_options and not common are left in extra; a command that takes
- * none calls flowc_no_extra_options. */
+ * none calls flowc_no_extra_options. A -D argument is cut at its '=' in place
+ * (defines[i].name points into argv), so parse one argv once. */
 int flowc_parse_args(int argc, char **argv, struct flowc_args *args,
                      const char *const *value_options);
 int flowc_no_extra_options(const struct flowc_args *args);

@@ -1410,6 +1410,10 @@ static int train_tensor(lowering *lw, const char *who, const char *name, fl_loc 
     lower_error(lw, loc, "%s: '%s' is %s, not a tensor", who, name, kind_name(&b->v));
     return -1;
   }
+  if (strcmp(who, "run") != 0 && lw->g->nodes[b->v.node].op == FL_OP_MINIMIZE) {
+    lower_error(lw, loc, "%s: '%s' is a train op: it can be run, but has no value", who, name);
+    return -1;
+  }
   return b->v.node;
 }
 

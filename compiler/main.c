@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codegen.h"
 #include "commands.h"
 #include "front_internal.h"
 
@@ -17,9 +18,9 @@ struct command {
 /* Every subcommand, in the order --help lists them. build.c adds its own here. */
 static const struct command commands[] = {
     {"check", cmd_check, "check a description; list its named tensors with their shapes"},
-    {"dump", cmd_dump, "print the IR, one node per line"},
+    {"dump", cmd_dump, "print the IR, one node per line (--after autodiff|simplify|fusion)"},
     {"graph", cmd_graph, "print the IR as a Graphviz dot graph"},
-    {"build", cmd_build, "compile the training executable (-o PROGRAM; --name, --cc, --keep)"},
+    {"build", cmd_build, "compile the training executable (-o PROGRAM; --name, --cc, --keep, --report, -O0)"},
     {"emit", cmd_emit, "write the program's C sources and a Makefile into a folder (-o DIR)"},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];
@@ -55,8 +56,10 @@ static bool is_value_option(const char *arg, const char *const *value_options) {
   return false;
 }
 
-static int parse_define(const char *text, struct flowc_args *args) {
-  const char *eq = strchr(text, '=');
+/* -D NAME=VALUE. The name is cut out of the argument in place (argv strings
+ * are writable), so it lives as long as the process and needs no freeing. */
+static int parse_define(char *text, struct flowc_args *args) {
+  char *eq = strchr(text, '=');
   if (!eq || eq == text)
     return flowc_usage_error("-D %s: write -D NAME=VALUE, as in -D lr=0.1", text);
   for (const char *p = text; p < eq; p++) {
@@ -71,12 +74,8 @@ static int parse_define(const char *text, struct flowc_args *args) {
     return flowc_usage_error("-D %s: the value must be a number", text);
   if (args->ndefines == FLOWC_MAX_DEFINES)
     return flowc_usage_error("too many -D options (at most %d)", FLOWC_MAX_DEFINES);
-  /* The name is the text before '='; keep a copy that lives as long as the process. */
-  char *name = malloc((size_t)(eq - text) + 1);
-  if (!name) return flowc_usage_error("out of memory");
-  memcpy(name, text, (size_t)(eq - text));
-  name[eq - text] = '\0';
-  args->defines[args->ndefines++] = (fl_define){.name = name, .value = value};
+  *eq = '\0';
+  args->defines[args->ndefines++] = (fl_define){.name = text, .value = value};
   return FLOWC_OK;
 }
 
@@ -86,7 +85,7 @@ int flowc_parse_args(int argc, char **argv, struct flowc_args *args,
   args->command = argc > 0 ? argv[0] : "";
   bool options_done = false;
   for (int i = 1; i < argc; i++) {
-    const char *arg = argv[i];
+    char *arg = argv[i];
     if (!options_done && strcmp(arg, "--") == 0) {
       options_done = true;
       continue;
@@ -156,11 +155,6 @@ int flowc_close_output(const struct flowc_args *args, FILE *out) {
     return FLOWC_USER_ERROR;
   }
   return FLOWC_OK;
-}
-
-static void free_defines(struct flowc_args *args) {
-  for (int i = 0; i < args->ndefines; i++) free((char *)args->defines[i].name);
-  args->ndefines = 0;
 }
 
 /* ---- check --------------------------------------------------------------- */
@@ -241,13 +235,9 @@ int cmd_check(int argc, char **argv) {
   struct flowc_args args;
   int status = flowc_parse_args(argc, argv, &args, NULL);
   if (status == FLOWC_OK) status = flowc_no_extra_options(&args);
-  if (status != FLOWC_OK) {
-    free_defines(&args);
-    return status;
-  }
+  if (status != FLOWC_OK) return status;
   fe_bindings names;
   fl_graph *g = fe_compile_file(args.input, args.defines, args.ndefines, &names);
-  free_defines(&args);
   if (!g) return FLOWC_USER_ERROR;
   if (fl_finish(g) != 0 || fl_error_count() > 0) {
     fe_bindings_free(&names);
@@ -268,21 +258,36 @@ int cmd_check(int argc, char **argv) {
 
 /* ---- dump and graph ------------------------------------------------------- */
 
+/* The stages `--after` can stop at: the graph as written and differentiated,
+ * after simplification, or the fusion groups of each entry. */
+typedef enum { AFTER_AUTODIFF, AFTER_SIMPLIFY, AFTER_FUSION } dump_stage;
+
 static int dump_with(int argc, char **argv, void (*print)(const fl_graph *, FILE *)) {
+  static const char *const value_options[] = {"--after", NULL};
   struct flowc_args args;
-  int status = flowc_parse_args(argc, argv, &args, NULL);
-  if (status == FLOWC_OK) status = flowc_no_extra_options(&args);
-  if (status != FLOWC_OK) {
-    free_defines(&args);
-    return status;
+  int status = flowc_parse_args(argc, argv, &args, value_options);
+  if (status != FLOWC_OK) return status;
+  dump_stage stage = AFTER_AUTODIFF;
+  for (int i = 0; i < args.nextra; i++) {
+    if (strcmp(args.extra[i], "--after") != 0 || i + 1 >= args.nextra)
+      return flowc_usage_error("%s: unknown option '%s'", args.command, args.extra[i]);
+    const char *what = args.extra[++i];
+    if (strcmp(what, "autodiff") == 0) stage = AFTER_AUTODIFF;
+    else if (strcmp(what, "simplify") == 0) stage = AFTER_SIMPLIFY;
+    else if (strcmp(what, "fusion") == 0 && print == fl_dump) stage = AFTER_FUSION;
+    else
+      return flowc_usage_error("%s: --after takes autodiff, simplify%s; found '%s'", args.command,
+                               print == fl_dump ? " or fusion" : "", what);
   }
   fl_graph *g = flowc_load(&args);
-  free_defines(&args);
   if (!g) return FLOWC_USER_ERROR;
+  if (stage >= AFTER_SIMPLIFY) fl_simplify(g);
   FILE *out = flowc_open_output(&args);
   if (out) {
-    print(g, out);
-    status = flowc_close_output(&args, out);
+    if (stage == AFTER_FUSION) status = fl_dump_fusion(g, out) ? FLOWC_USER_ERROR : FLOWC_OK;
+    else print(g, out);
+    int closed = flowc_close_output(&args, out);
+    if (status == FLOWC_OK) status = closed;
   } else {
     status = FLOWC_USER_ERROR;
   }

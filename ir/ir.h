@@ -308,6 +308,57 @@ int fl_finish(fl_graph *g);
 void fl_mark_needed(const fl_graph *g, const int *targets, int ntargets, const bool *fed,
                     bool *needed);
 
+/* ---- simplification (ir/simplify.c) -------------------------------------
+ * Rewrites uses only: replaced nodes stay in place, unused. Each returns the
+ * number of changes. */
+
+/* Folds elementwise ops on constant scalars into fills; drops x*1 and x+0. */
+int fl_fold_constants(fl_graph *g);
+/* Merges nodes with the same op, inputs and attributes. */
+int fl_eliminate_common(fl_graph *g);
+/* Both, until nothing changes. */
+int fl_simplify(fl_graph *g);
+
+/* ---- fusion and scheduling (ir/schedule.c) -------------------------------
+ * One run of an entry, partitioned into groups of nodes that one kernel
+ * computes, in the order they run, with a memory plan by liveness. */
+
+typedef enum {
+  FL_GROUP_SINGLE,       /* one node, its own kernel */
+  FL_GROUP_ELEMENTWISE,  /* a tree of elementwise ops: one loop, one stored value (root) */
+  FL_GROUP_EPILOGUE,     /* matmul or conv2d, then bias add and maybe relu, in place */
+  FL_GROUP_SOFTMAX_XENT, /* softmax cross-entropy and its gradient from one softmax */
+  FL_GROUP_UPDATES,      /* every optimizer update of the run */
+} fl_group_kind;
+
+typedef struct {
+  fl_group_kind kind;
+  int *nodes; /* members in evaluation order; ELEMENTWISE and EPILOGUE: root last */
+  int nnodes;
+  int root;   /* the member whose value leaves the group; -1: each member's does */
+} fl_group;
+
+typedef struct {
+  fl_group *groups; /* in run order: pure groups, then side effects */
+  int ngroups;
+  int *group_of;       /* per node: its group, or -1 (not computed by a kernel) */
+  bool *materialized;  /* per node: has a buffer of its own in the arena */
+  int *first, *last;   /* per materialized node: groups that write and last read it */
+  int npure;           /* groups [0, npure) are pure; fetches are copied after them */
+} fl_schedule;
+
+/* Groups the nodes a run evaluates (needed, not fed) into kernels; fuse=false
+ * gives one group per node (the reference the fused code is tested against).
+ * Fetched nodes stay materialized. */
+fl_schedule *fl_schedule_run(const fl_graph *g, const bool *needed, const bool *fed,
+                             const int *fetches, int nfetches, bool fuse);
+void fl_schedule_free(fl_schedule *s);
+/* The node whose buffer a node's value lives in (reshapes and assigns share
+ * their input's). */
+int fl_storage_of(const fl_graph *g, int node);
+/* "group 3 (elementwise): %12 add, %13 relu -> %13" lines. */
+void fl_dump_schedule(const fl_graph *g, const fl_schedule *s, FILE *out);
+
 /* ---- costs (ir/cost.c) --------------------------------------------------- */
 
 /* Evaluates a dimension with every symbol set to `batch`. */

@@ -233,6 +233,12 @@ typedef struct {
 /* Makes the arena at least `bytes` large (64-byte aligned); contents are not
  * kept. Returns 0, or -1 when memory runs out. */
 int flrt_arena_reserve(flrt_arena *a, size_t bytes);
+/* Places n buffers in one arena so that no two alive at the same time
+ * overlap. Buffer i is written by step first[i] and last read by step
+ * last[i]; offsets[i] receives its 64-byte aligned offset. Returns the arena
+ * size. Generated entries call it once per run, with that run's sizes. */
+size_t flrt_plan_arena(const size_t *sizes, const int *first, const int *last, int n,
+                       size_t *offsets);
 /* Rounds a slice size up to the arena's 64-byte alignment. */
 static inline size_t flrt_align(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
 void flrt_arena_free(flrt_arena *a);

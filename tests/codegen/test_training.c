@@ -247,3 +247,55 @@ Test(mnist_deep, short_run_learns, .timeout = 600) {
   cr_assert(acc >= 0.85, "test accuracy %.4f after 300 steps is below the 0.85 floor:\n%s", acc, out);
   free(out);
 }
+
+/* The python with numpy: pyenv's python3 may lack it, Debian's has it. */
+static const char *numpy_python(void) {
+  if (e2e_run(NULL, "python3 -c 'import numpy'") == 0) return "python3";
+  if (e2e_run(NULL, "/usr/bin/python3 -c 'import numpy'") == 0) return "/usr/bin/python3";
+  return NULL;
+}
+
+/* Largest |a - b| over every tensor of two safetensors files, or -1 when their
+ * tensors differ in names or shapes. */
+static double checkpoint_max_difference(const char *python, const char *a, const char *b) {
+  char *out = NULL;
+  int rc = e2e_run(&out,
+                   "%s -c \"\nimport json, struct, sys, numpy as np\n"
+                   "def load(p):\n  raw = open(p, 'rb').read(); n = struct.unpack('<Q', raw[:8])[0]; h = json.loads(raw[8:8+n])\n"
+                   "  return {k: np.frombuffer(raw[8+n+v['data_offsets'][0]:8+n+v['data_offsets'][1]], dtype={'F32':'<f4','I32':'<i4','I64':'<i8','BOOL':'u1'}[v['dtype']]).reshape(v['shape']).astype(np.float64) for k, v in h.items() if k != '__metadata__'}\n"
+                   "x, y = load('%s'), load('%s')\n"
+                   "print(-1 if x.keys() != y.keys() or any(x[k].shape != y[k].shape for k in x) else max(float(abs(x[k] - y[k]).max(initial=0)) for k in x))\n\"",
+                   python, a, b);
+  cr_assert_eq(rc, 0, "cannot compare checkpoints:\n%s", out);
+  double diff = atof(out);
+  free(out);
+  return diff;
+}
+
+/* Fusion, simplification and memory planning must not change what a program
+ * computes: each example trains a few steps fused (default) and unfused (-O0)
+ * from the same seed, and the weights agree. Tolerance: 1e-4 absolute on
+ * weights of order 0.1-1 after 20 steps: the fused kernels sum in a
+ * different order, so float rounding differs, but nothing more. */
+Test(fusion, fused_and_unfused_programs_agree, .timeout = 600) {
+  const char *python = numpy_python();
+  if (!python) cr_skip_test("python3 with numpy is not installed");
+  const char *data = some_data();
+  const char *dir = e2e_scratch("fused_vs_unfused");
+  for (size_t i = 0; i < sizeof examples / sizeof examples[0]; i++) {
+    char fused[4200], plain[4200], a[4200], b[4200];
+    snprintf(fused, sizeof fused, "%s", e2e_build(dir, examples[i], "fused", NULL));
+    snprintf(plain, sizeof plain, "%s", e2e_build(dir, examples[i], "unfused", "-O0"));
+    snprintf(a, sizeof a, "%s/%s-fused.safetensors", dir, examples[i]);
+    snprintf(b, sizeof b, "%s/%s-unfused.safetensors", dir, examples[i]);
+    const char *steps = strcmp(examples[i], "mnist_deep") == 0 ? "20" : "100";
+    char *out = NULL;
+    cr_assert_eq(e2e_run(&out, "'%s' --data '%s' --steps %s --save '%s' --quiet", fused, data, steps, a), 0, "%s", out);
+    free(out);
+    cr_assert_eq(e2e_run(&out, "'%s' --data '%s' --steps %s --save '%s' --quiet", plain, data, steps, b), 0, "%s", out);
+    free(out);
+    double diff = checkpoint_max_difference(python, a, b);
+    cr_log_info("%s: max |fused - unfused| = %.3g", examples[i], diff);
+    cr_assert(diff >= 0 && diff <= 1e-4, "%s: fused and unfused weights differ by %.3g", examples[i], diff);
+  }
+}

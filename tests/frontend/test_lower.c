@@ -507,6 +507,8 @@ Test(lower, train_errors) {
   expect_error("x = constant(1.0)\ntrain {\n  print \"{}\"\n}\n", "print: empty slot");
   expect_error("x = constant(1.0)\ntrain {\n  print \"{x:.3f}\"\n}\n", "print: 'x:.3f' is not a name");
   expect_error("x = constant(1.0)\ntrain {\n  data = 3\n}\n", "data must be a data set");
+  expect_error("w = variable(1.0)\nt = adam().minimize(w * w)\ntrain {\n  print \"{t}\"\n}\n",
+               "t.flow:4:11: error: print: 't' is a train op: it can be run, but has no value");
 }
 
 /* ---- robustness ---- */

@@ -1,0 +1,764 @@
+/* test_codegen_vs_eval.c - generated C, compiled and run, against the reference interpreter on the same graph. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "codegen.h"
+#include "frontend.h"
+#include "ir.h"
+
+/* ---- method -----------------------------------------------------------------------
+ * A test compiles a description, emits its C with fl_emit_c (no main.c), and
+ * writes a harness main.c that creates the model with seed 1, calls entry
+ * points on a fixed batch and writes the fetched tensors and then every
+ * variable, raw, to out.bin. The harness is built as the user would build it
+ * (cc -std=c99 -O2 -Wall -Wextra -Werror with the runtime's sources) and run.
+ * The interpreter (fl_eval_new(g, 1)) makes the same runs with the same feeds;
+ * dropout masks and initial values come from the same Philox streams, so
+ * every value must agree.
+ *
+ * Tolerance: generated code computes in float32 (sgemm, float kernels), the
+ * interpreter in double. After a step or two of training, float values agree
+ * when |generated - interpreted| <= 1e-5 + 1e-4 * |interpreted|; integers and
+ * booleans must be equal.
+ *
+ * One exception, and it is Adam's, not the code's: Adam's step for an element
+ * is about lr * g / (|g| + epsilon / sqrt(1 - beta2)), so an element whose
+ * gradient is within float noise of 0 (|g| ~ 1e-7 where most are ~1e-2) steps
+ * by anything up to lr depending on that noise. Variables that Adam trains may
+ * therefore have a few elements (at most 1 in 10^4, plus 2) off by up to
+ * lr * steps more; their slots m and v, which carry the gradients linearly,
+ * are held to the strict tolerance. */
+#define ABS_TOL 1e-5
+#define REL_TOL 1e-4
+
+static FILE *diag_stream;
+static char *diag_buf;
+static size_t diag_len;
+
+static void capture_start(void) {
+  fl_diag_reset();
+  diag_buf = NULL;
+  diag_len = 0;
+  diag_stream = open_memstream(&diag_buf, &diag_len);
+  cr_assert(diag_stream);
+  fl_diag_set_stream(diag_stream);
+}
+
+static void capture_stop(void) {
+  fl_diag_set_stream(NULL);
+  if (diag_stream) fclose(diag_stream);
+  free(diag_buf);
+  diag_stream = NULL;
+  diag_buf = NULL;
+  fl_diag_reset();
+}
+
+static const char *diag_text(void) {
+  fflush(diag_stream);
+  return diag_buf ? diag_buf : "";
+}
+
+TestSuite(codegen_vs_eval, .init = capture_start, .fini = capture_stop);
+
+/* ---- text and processes ------------------------------------------------------------- */
+
+typedef struct {
+  char *text;
+  size_t len, cap;
+} buf;
+
+static void bprintf(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void bprintf(buf *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int need = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  if (b->len + (size_t)need + 1 > b->cap) {
+    b->cap = (b->len + (size_t)need + 1) * 2;
+    b->text = realloc(b->text, b->cap);
+    cr_assert(b->text);
+  }
+  va_start(ap, fmt);
+  vsnprintf(b->text + b->len, b->cap - b->len, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)need;
+}
+
+static const char *env(const char *name) {
+  const char *v = getenv(name);
+  cr_assert(v && *v, "%s is not set: run the tests through meson test", name);
+  return v;
+}
+
+/* Runs a shell command; stdout and stderr go to *output (malloc'd). Returns
+ * the exit status, or 128 + the signal. */
+static int run_command(char **output, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int run_command(char **output, const char *fmt, ...) {
+  char cmd[16384];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(cmd, sizeof cmd, fmt, ap);
+  va_end(ap);
+  char full[16500];
+  snprintf(full, sizeof full, "( %s ) 2>&1", cmd);
+  FILE *p = popen(full, "r");
+  cr_assert(p, "cannot run: %s", cmd);
+  buf out = {0};
+  char chunk[4096];
+  size_t got;
+  bprintf(&out, "%s", "");
+  while ((got = fread(chunk, 1, sizeof chunk, p)) > 0) bprintf(&out, "%.*s", (int)got, chunk);
+  int status = pclose(p);
+  *output = out.text;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+/* A fresh folder for one test under the build root. */
+static const char *scratch(const char *name, char *path, size_t cap) {
+  snprintf(path, cap, "%s/ir-codegen-vs-eval", env("FLOWC_BUILD_ROOT"));
+  mkdir(path, 0777);
+  snprintf(path, cap, "%s/ir-codegen-vs-eval/%s", env("FLOWC_BUILD_ROOT"), name);
+  char *out;
+  int rc = run_command(&out, "rm -rf '%s' && mkdir -p '%s'", path, path);
+  cr_assert_eq(rc, 0, "cannot make %s: %s", path, out);
+  free(out);
+  return path;
+}
+
+static void write_file(const char *dir, const char *name, const void *data, size_t len) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "wb");
+  cr_assert(f, "cannot write %s", path);
+  cr_assert_eq(fwrite(data, 1, len, f), len);
+  fclose(f);
+}
+
+static unsigned char *read_file(const char *dir, const char *name, size_t *len) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "rb");
+  cr_assert(f, "cannot read %s", path);
+  fseek(f, 0, SEEK_END);
+  long size = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char *data = malloc((size_t)size + 1);
+  cr_assert(data);
+  cr_assert_eq(fread(data, 1, (size_t)size, f), (size_t)size);
+  fclose(f);
+  *len = (size_t)size;
+  return data;
+}
+
+/* ---- graphs -------------------------------------------------------------------------- */
+
+static fl_graph *compile_text(const char *text) {
+  fl_graph *g = fl_frontend_parse("t.flow", text, strlen(text), NULL, 0);
+  cr_assert(g, "does not parse:\n%s\n--- diagnostics:\n%s", text, diag_text());
+  cr_assert_eq(fl_finish(g), 0, "fl_finish fails:\n%s\n--- diagnostics:\n%s", text, diag_text());
+  return g;
+}
+
+static fl_graph *compile_example(const char *name) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/examples/%s.flow", env("FLOWC_SOURCE_ROOT"), name);
+  fl_graph *g = fl_frontend_load(path, NULL, 0);
+  cr_assert(g, "%s does not parse:\n%s", path, diag_text());
+  cr_assert_eq(fl_finish(g), 0, "%s does not check:\n%s", path, diag_text());
+  return g;
+}
+
+static int node(const fl_graph *g, const char *name) {
+  int id = fl_graph_find(g, name);
+  cr_assert_geq(id, 0, "no node named '%s'", name);
+  return id;
+}
+
+/* The C field name of each variable in NAME_variables, as emit_c.c names
+ * them: the user name as an identifier, else v<id>; a clash gets _<id>. */
+static void variable_fields(const fl_graph *g, char (*names)[128]) {
+  for (int i = 0; i < g->nnodes; i++) {
+    names[i][0] = '\0';
+    if (g->nodes[i].op != FL_OP_VARIABLE) continue;
+    if (g->nodes[i].name) fl_c_identifier(g->nodes[i].name, names[i], 96);
+    else snprintf(names[i], 96, "v%d", i);
+    for (int j = 0; j < i; j++)
+      if (g->nodes[j].op == FL_OP_VARIABLE && strcmp(names[j], names[i]) == 0) {
+        size_t len = strlen(names[i]);
+        snprintf(names[i] + (len < 80 ? len : 80), 16, "_%d", i);
+        break;
+      }
+  }
+}
+
+/* ---- expected values ------------------------------------------------------------------- */
+
+/* What out.bin holds, in order: each item is count elements of dtype, as C
+ * stores them (float, int32_t, int64_t, bool). */
+typedef struct {
+  char what[160];
+  fl_dtype dtype;
+  int64_t count;
+  double *expect; /* owned */
+  double loose;   /* > 0: a few elements may be off by this much more (Adam) */
+} item;
+
+typedef struct {
+  item items[128];
+  int n;
+} layout;
+
+static void expect_value(layout *l, const char *what, const fl_value *v) {
+  cr_assert_lt(l->n, 128);
+  item *it = &l->items[l->n++];
+  snprintf(it->what, sizeof it->what, "%s", what);
+  it->dtype = v->dtype;
+  it->count = fl_value_size(v);
+  it->loose = 0;
+  it->expect = malloc((size_t)(it->count > 0 ? it->count : 1) * sizeof(double));
+  cr_assert(it->expect);
+  if (it->count > 0) memcpy(it->expect, v->data, (size_t)it->count * sizeof(double));
+}
+
+static size_t dtype_bytes(fl_dtype t) {
+  switch (t) {
+  case FL_F32: return sizeof(float);
+  case FL_I32: return sizeof(int32_t);
+  case FL_I64: return sizeof(int64_t);
+  default: return sizeof(bool);
+  }
+}
+
+/* Compares out.bin with the layout; every mismatch up to a few per item is
+ * reported. Returns the number of mismatching elements. */
+static long compare_output(const char *dir, layout *l) {
+  size_t len;
+  unsigned char *data = read_file(dir, "out.bin", &len);
+  size_t want = 0;
+  for (int i = 0; i < l->n; i++) want += (size_t)l->items[i].count * dtype_bytes(l->items[i].dtype);
+  cr_assert_eq(len, want, "out.bin has %zu bytes, the layout %zu", len, want);
+  size_t at = 0;
+  long total_bad = 0;
+  for (int i = 0; i < l->n; i++) {
+    item *it = &l->items[i];
+    long bad = 0, loose = 0;
+    double worst = 0, used = 0; /* used: the largest share of the tolerance taken */
+    int64_t worst_at = -1;
+    for (int64_t k = 0; k < it->count; k++) {
+      double got;
+      switch (it->dtype) {
+      case FL_F32: { float f; memcpy(&f, data + at, sizeof f); got = f; break; }
+      case FL_I32: { int32_t v; memcpy(&v, data + at, sizeof v); got = v; break; }
+      case FL_I64: { int64_t v; memcpy(&v, data + at, sizeof v); got = (double)v; break; }
+      default: { bool v; memcpy(&v, data + at, sizeof v); got = v; break; }
+      }
+      at += dtype_bytes(it->dtype);
+      double e = it->expect[k];
+      bool ok = it->dtype == FL_F32 ? fabs(got - e) <= ABS_TOL + REL_TOL * fabs(e) : got == e;
+      if (!ok && it->loose > 0 && fabs(got - e) <= ABS_TOL + REL_TOL * fabs(e) + it->loose &&
+          loose < it->count / 10000 + 2) {
+        loose++;
+        ok = true;
+      }
+      if (!ok) {
+        if (bad < 5)
+          cr_expect_fail("%s[%lld]: generated code %.9g, interpreter %.9g", it->what, (long long)k, got, e);
+        bad++;
+      }
+      if (it->dtype == FL_F32 && fabs(got - e) / (ABS_TOL + REL_TOL * fabs(e)) > used)
+        used = fabs(got - e) / (ABS_TOL + REL_TOL * fabs(e));
+      if (fabs(got - e) > worst) {
+        worst = fabs(got - e);
+        worst_at = k;
+      }
+    }
+    if (getenv("FLOWC_TEST_VERBOSE"))
+      fprintf(stderr, "%-40s %9lld elements, largest difference %.3g (at %lld), %.1f%% of the tolerance\n",
+              it->what, (long long)it->count, worst, (long long)worst_at, 100 * used);
+    if (bad)
+      cr_expect_fail("%s: %ld of %lld elements differ (largest difference %.3g at %lld)", it->what, bad,
+                     (long long)it->count, worst, (long long)worst_at);
+    total_bad += bad;
+  }
+  free(data);
+  return total_bad;
+}
+
+static void free_layout(layout *l) {
+  for (int i = 0; i < l->n; i++) free(l->items[i].expect);
+  l->n = 0;
+}
+
+/* ---- the interpreter's side ---------------------------------------------------------------- */
+
+typedef struct {
+  int node;
+  fl_value value;
+} feed;
+
+/* Runs fetches (values and train ops) with feeds; values whose `what` is
+ * non-NULL go into the layout. */
+static void eval_run(fl_eval *ev, const feed *feeds, int nfeeds, const int *fetches,
+                     const char *const *what, int nfetches, layout *l) {
+  int nodes[8];
+  fl_value values[8];
+  for (int i = 0; i < nfeeds; i++) {
+    nodes[i] = feeds[i].node;
+    values[i] = feeds[i].value;
+  }
+  fl_value out[32];
+  memset(out, 0, sizeof out);
+  char err[512];
+  cr_assert_eq(fl_eval_run(ev, nodes, values, nfeeds, fetches, nfetches, out, err, sizeof err), 0,
+               "interpreter: %s", err);
+  for (int i = 0; i < nfetches; i++) {
+    if (what[i]) expect_value(l, what[i], &out[i]);
+    fl_value_free(&out[i]);
+  }
+}
+
+/* Every variable, in id order (the harness writes them in the same order).
+ * adam_steps: how many Adam steps the runs made (see the method above). */
+static void expect_variables(const fl_graph *g, fl_eval *ev, layout *l, int adam_steps) {
+  for (int i = 0; i < g->nnodes; i++) {
+    if (g->nodes[i].op != FL_OP_VARIABLE) continue;
+    fl_value *v = fl_eval_variable(ev, i);
+    cr_assert(v, "variable %d is not initialised", i);
+    char what[160];
+    snprintf(what, sizeof what, "variable %s", g->nodes[i].name ? g->nodes[i].name : "(unnamed)");
+    expect_value(l, what, v);
+    for (int j = 0; j < g->nnodes; j++)
+      if (g->nodes[j].op == FL_OP_APPLY_ADAM && g->nodes[j].inputs[0] == i)
+        l->items[l->n - 1].loose = adam_steps * g->nodes[j].attr.lr;
+  }
+}
+
+/* ---- the generated side ------------------------------------------------------------------- */
+
+/* The fixed batch: x in [0, 1) as floats, one-hot labels. */
+typedef struct {
+  int n;
+  float x[8 * 784];
+  float labels[8 * 10];
+} batch;
+
+static void make_batch(batch *b, int n, uint64_t seed) {
+  cr_assert_leq(n, 8);
+  b->n = n;
+  for (int i = 0; i < n * 784; i++) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    b->x[i] = (float)((double)(seed >> 40) / (double)(1ull << 24));
+  }
+  memset(b->labels, 0, sizeof b->labels);
+  for (int i = 0; i < n; i++) {
+    seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+    b->labels[i * 10 + (int)((seed >> 33) % 10)] = 1.0f;
+  }
+}
+
+/* Feeds for the interpreter: the batch's floats, widened. */
+static fl_value batch_x(const batch *b) {
+  fl_value v = {.dtype = FL_F32, .rank = 2, .dims = {b->n, 784}};
+  v.data = malloc((size_t)(b->n * 784) * sizeof(double));
+  for (int i = 0; i < b->n * 784; i++) v.data[i] = b->x[i];
+  return v;
+}
+
+static fl_value batch_labels(const batch *b) {
+  fl_value v = {.dtype = FL_F32, .rank = 2, .dims = {b->n, 10}};
+  v.data = malloc((size_t)(b->n * 10) * sizeof(double));
+  for (int i = 0; i < b->n * 10; i++) v.data[i] = b->labels[i];
+  return v;
+}
+
+static fl_value scalar(double x) {
+  fl_value v = {.dtype = FL_F32, .rank = 0};
+  v.data = malloc(sizeof(double));
+  v.data[0] = (double)(float)x;
+  return v;
+}
+
+/* Emits the model's C into dir and writes main.c around `body`: the body sees
+ * `m` (the model, seed 1), `x` and `y_` (the batch from batch.bin, n rows)
+ * and put(ptr, bytes); after it, every variable is written. */
+static void emit_and_write_harness(const fl_graph *g, const char *dir, const char *prefix,
+                                   const batch *b, const char *body) {
+  fl_codegen_options opt = {.name = prefix, .source_path = "t.flow", .with_main = false};
+  cr_assert_eq(fl_emit_c(g, dir, &opt), 0, "fl_emit_c fails:\n%s", diag_text());
+  buf h = {0};
+  bprintf(&h,
+          "/* harness for %s: one fixed batch, fetches and variables to out.bin */\n"
+          "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n\n#include \"%s.h\"\n\n"
+          "static FILE *out;\n"
+          "static void put(const void *p, size_t n) {\n"
+          "  if (fwrite(p, 1, n, out) != n) exit(3);\n}\n\n"
+          "static void check(%s *m, int rc) {\n"
+          "  if (rc) {\n    fprintf(stderr, \"entry failed: %%s\\n\", %s_error(m));\n    exit(4);\n  }\n}\n\n"
+          "int main(int argc, char **argv) {\n"
+          "  static float x[%d * 784], y_[%d * 10];\n"
+          "  const int64_t n = %d;\n"
+          "  (void)n;\n"
+          "  if (argc != 3) return 2;\n"
+          "  FILE *in = fopen(argv[1], \"rb\");\n"
+          "  if (!in || fread(x, sizeof x, 1, in) != 1 || fread(y_, sizeof y_, 1, in) != 1) return 5;\n"
+          "  fclose(in);\n"
+          "  out = fopen(argv[2], \"wb\");\n"
+          "  if (!out) return 6;\n"
+          "  %s *m = %s_new(1);\n"
+          "  if (!m) return 7;\n"
+          "%s",
+          prefix, prefix, prefix, prefix, b->n, b->n, b->n, prefix, prefix, body);
+  char (*fields)[128] = calloc((size_t)g->nnodes, sizeof *fields);
+  variable_fields(g, fields);
+  for (int i = 0; i < g->nnodes; i++)
+    if (g->nodes[i].op == FL_OP_VARIABLE)
+      bprintf(&h, "  put(m->vars.%s, sizeof m->vars.%s);\n", fields[i], fields[i]);
+  free(fields);
+  bprintf(&h, "  if (fclose(out)) return 8;\n  %s_free(m);\n  return 0;\n}\n", prefix);
+  write_file(dir, "main.c", h.text, h.len);
+  free(h.text);
+  /* the batch, as the harness reads it */
+  buf raw = {0};
+  raw.cap = sizeof(float) * (size_t)b->n * 794 + 1;
+  raw.text = malloc(raw.cap);
+  memcpy(raw.text, b->x, sizeof(float) * (size_t)b->n * 784);
+  memcpy(raw.text + sizeof(float) * (size_t)b->n * 784, b->labels, sizeof(float) * (size_t)b->n * 10);
+  write_file(dir, "batch.bin", raw.text, sizeof(float) * (size_t)b->n * 794);
+  free(raw.text);
+}
+
+/* Builds the harness as a user builds generated code, and runs it. */
+static void build_and_run(const char *dir, const char *prefix) {
+  char *out;
+  const char *src = env("FLOWC_SOURCE_ROOT");
+  int rc = run_command(&out,
+                       "cd '%s' && cc -std=c99 -O2 -Wall -Wextra -Werror -I. -I'%s/runtime' main.c %s.c "
+                       "'%s'/runtime/*.c $(pkg-config --cflags --libs openblas) -lz -lcurl -lm -o harness",
+                       dir, src, prefix, src);
+  cr_assert_eq(rc, 0, "the generated code does not compile (%d):\n%s", rc, out);
+  free(out);
+  rc = run_command(&out, "cd '%s' && ./harness batch.bin out.bin", dir);
+  cr_assert_eq(rc, 0, "the harness fails (%d):\n%s", rc, out);
+  free(out);
+}
+
+/* ---- the examples ---------------------------------------------------------------------------- */
+
+Test(codegen_vs_eval, mnist_softmax) {
+  fl_graph *g = compile_example("mnist_softmax");
+  char dir[4096];
+  scratch("mnist_softmax", dir, sizeof dir);
+  batch *b = malloc(sizeof *b);
+  make_batch(b, 3, 42);
+  emit_and_write_harness(g, dir, "mnist_softmax", b,
+                         "  float ce, acc, acc_after;\n"
+                         "  check(m, mnist_softmax_train_step(m, n, x, y_, &ce, &acc));\n"
+                         "  put(&ce, sizeof ce);\n  put(&acc, sizeof acc);\n"
+                         "  check(m, mnist_softmax_accuracy(m, n, x, y_, &acc_after));\n"
+                         "  put(&acc_after, sizeof acc_after);\n"
+                         "  printf(\"loss %.9g accuracy %.9g then %.9g\\n\", ce, acc, acc_after);\n");
+  build_and_run(dir, "mnist_softmax");
+
+  fl_eval *ev = fl_eval_new(g, 1);
+  cr_assert(ev, "%s", diag_text());
+  feed feeds[2] = {{node(g, "x"), batch_x(b)}, {node(g, "y_"), batch_labels(b)}};
+  layout *l = calloc(1, sizeof *l);
+  int step[3] = {node(g, "cross_entropy"), node(g, "accuracy"), node(g, "train_step")};
+  eval_run(ev, feeds, 2, step, (const char *const[]){"cross_entropy", "accuracy", NULL}, 3, l);
+  int acc = node(g, "accuracy");
+  eval_run(ev, feeds, 2, &acc, (const char *const[]){"accuracy after the step"}, 1, l);
+  expect_variables(g, ev, l, 0);
+  /* the step really moved W away from its zeros */
+  fl_value *w = fl_eval_variable(ev, node(g, "W"));
+  double moved = 0;
+  for (int64_t i = 0; i < fl_value_size(w); i++) moved += fabs(w->data[i]);
+  cr_assert_gt(moved, 0.1, "the training step did not change W");
+  compare_output(dir, l);
+
+  free_layout(l);
+  free(l);
+  fl_value_free(&feeds[0].value);
+  fl_value_free(&feeds[1].value);
+  fl_eval_free(ev);
+  free(b);
+  fl_graph_free(g);
+}
+
+Test(codegen_vs_eval, mnist_deep) {
+  fl_graph *g = compile_example("mnist_deep");
+  char dir[4096];
+  scratch("mnist_deep", dir, sizeof dir);
+  batch *b = malloc(sizeof *b);
+  make_batch(b, 3, 7);
+  /* keep_prob 1 (a mask of ones), then 0.5: the masks are drawn from the
+   * same streams and the same run counter on both sides. */
+  emit_and_write_harness(g, dir, "mnist_deep", b,
+                         "  float ce, acc;\n"
+                         "  check(m, mnist_deep_train_step(m, n, x, y_, 1.0f, &ce, &acc));\n"
+                         "  put(&ce, sizeof ce);\n  put(&acc, sizeof acc);\n"
+                         "  printf(\"step 1: loss %.9g accuracy %.9g\\n\", ce, acc);\n"
+                         "  check(m, mnist_deep_train_step(m, n, x, y_, 0.5f, &ce, &acc));\n"
+                         "  put(&ce, sizeof ce);\n  put(&acc, sizeof acc);\n"
+                         "  printf(\"step 2: loss %.9g accuracy %.9g\\n\", ce, acc);\n"
+                         "  check(m, mnist_deep_accuracy(m, n, x, y_, 1.0f, &acc));\n"
+                         "  put(&acc, sizeof acc);\n"
+                         "  put(&m->dropout_runs, sizeof m->dropout_runs);\n");
+  build_and_run(dir, "mnist_deep");
+
+  fl_eval *ev = fl_eval_new(g, 1);
+  cr_assert(ev, "%s", diag_text());
+  int kp = node(g, "keep_prob");
+  feed feeds[3] = {{node(g, "x"), batch_x(b)}, {node(g, "y_"), batch_labels(b)}, {kp, scalar(1.0)}};
+  layout *l = calloc(1, sizeof *l);
+  int step[3] = {node(g, "cross_entropy"), node(g, "accuracy"), node(g, "train_step")};
+  eval_run(ev, feeds, 3, step, (const char *const[]){"step 1 cross_entropy", "step 1 accuracy", NULL}, 3, l);
+  feeds[2].value.data[0] = 0.5;
+  eval_run(ev, feeds, 3, step, (const char *const[]){"step 2 cross_entropy", "step 2 accuracy", NULL}, 3, l);
+  feeds[2].value.data[0] = 1.0;
+  int acc = node(g, "accuracy");
+  eval_run(ev, feeds, 3, &acc, (const char *const[]){"accuracy after two steps"}, 1, l);
+  /* three runs drew masks: the counter (a uint64_t) is 3 */
+  fl_value runs = {.dtype = FL_I64, .rank = 0, .data = (double[]){3}};
+  expect_value(l, "dropout_runs", &runs);
+  expect_variables(g, ev, l, 2);
+  compare_output(dir, l);
+
+  free_layout(l);
+  free(l);
+  for (int i = 0; i < 3; i++) fl_value_free(&feeds[i].value);
+  fl_eval_free(ev);
+  free(b);
+  fl_graph_free(g);
+}
+
+/* ---- a graph with every op ----------------------------------------------------------------- */
+
+static const char every_op_text[] =
+    "x = placeholder(f32, [None, 784])\n"
+    "y_ = placeholder(f32, [None, 10])\n"
+    "keep = placeholder(f32)\n"
+    "img = reshape(x, [-1, 7, 7, 16])\n"
+    "K1 = variable(truncated_normal([3, 3, 16, 4], stddev=0.2))\n"
+    "c1 = conv2d(img, K1, strides=[1, 1, 1, 1], padding=\"SAME\")\n"
+    "K2 = variable(random_normal([3, 3, 4, 6], stddev=0.3))\n"
+    "c2 = conv2d(tanh(c1), K2, strides=[1, 2, 2, 1], padding=\"VALID\")\n"
+    "p1 = max_pool(relu(c1 + 0.05), ksize=[1, 2, 2, 1], strides=[1, 2, 2, 1], padding=\"SAME\")\n"
+    "p2 = max_pool(c2, ksize=[1, 3, 3, 1], strides=[1, 1, 1, 1], padding=\"VALID\")\n"
+    "f1 = reshape(p1, [-1, 64])\n"
+    "f2 = reshape(p2, [-1, 6])\n"
+    "W1 = variable(random_uniform([64, 10], -0.2, 0.2))\n"
+    "W2 = variable(random_normal([10, 6], stddev=0.3))\n"
+    "b = variable(constant(0.1, shape=[10]))\n"
+    "d = dropout(f1, keep)\n"
+    "logits = matmul(d, W1) + matmul(f2, W2, transpose_b=true) + b\n"
+    "probs = softmax(logits)\n"
+    "loss = reduce_mean(softmax_cross_entropy_with_logits(labels=y_, logits=logits))\n"
+    "A = variable(random_uniform([10, 5], 0.5, 1.5))\n"
+    "B = variable(ones([5]))\n"
+    "u = matmul(probs, A)\n"
+    "v = sqrt(square(u) + 1.0) - log(exp(neg(u)) + 2.0) / B + sigmoid(u) * negative(B)\n"
+    "w = matmul(A, probs, transpose_a=true, transpose_b=true)\n"
+    "loss2 = reduce_sum(reduce_mean(v, axis=0, keepdims=true)) + reduce_mean(square(w), axis=[-1, 0])"
+    " + reduce_sum(subtract(v, 1.0), axis=[0, 1]) / 10.0\n"
+    "C = variable(constant([[1.0, -1.0], [0.5, 2.0]]))\n"
+    "G = matmul(C, C, transpose_a=true)\n"
+    "loss3 = reduce_sum(square(G - constant([[1.0, 0.0], [0.0, 1.0]]))) + reduce_mean(multiply(divide(C, 2.0), 3.0))\n"
+    "train1 = gradient_descent(0.5).minimize(loss)\n"
+    "train2 = momentum(0.1, 0.9).minimize(loss2)\n"
+    "train3 = adam(0.05).minimize(loss3)\n"
+    "counter = variable(0)\n"
+    "inc = assign(counter, counter + 1)\n"
+    "am = argmax(logits, 1)\n"
+    "eq = equal(am, argmax(y_, 1))\n"
+    "accuracy = reduce_mean(cast(eq, f32))\n"
+    "ci = cast(logits * 10.0, i32)\n"
+    "ri = reduce_sum(ci, axis=1)\n"
+    "idiv = ci / 3\n"
+    "cb = cast(logits, bool)\n"
+    "train {\n"
+    "  data = mnist(\"MNIST_data\")\n"
+    "  steps = 1\n"
+    "  every 1: print \"{am} {eq} {ci} {ri} {idiv} {cb} {probs} {c2} {p2} {v} {w}\" with keep = 1.0\n"
+    "  run train1, train2, train3, inc with keep = 0.5\n"
+    "}\n";
+
+Test(codegen_vs_eval, every_op) {
+  fl_graph *g = compile_text(every_op_text);
+  char dir[4096];
+  scratch("every_op", dir, sizeof dir);
+  batch *b = malloc(sizeof *b);
+  make_batch(b, 3, 99);
+  emit_and_write_harness(
+      g, dir, "every_op", b,
+      "  int64_t am[3];\n  bool eq[3];\n  int32_t ci[30], ri[3], idiv[30];\n  bool cb[30];\n"
+      "  float probs[30], c2[3 * 3 * 3 * 6], p2[3 * 6], v[15], w[15];\n"
+      "  check(m, every_op_am_eq_ci_ri_idiv_cb_probs_c2_p2_v_w(m, n, x, y_, 1.0f, am, eq, ci, ri, idiv, cb,\n"
+      "                                                      probs, c2, p2, v, w));\n"
+      "  put(am, sizeof am);\n  put(eq, sizeof eq);\n  put(ci, sizeof ci);\n  put(ri, sizeof ri);\n"
+      "  put(idiv, sizeof idiv);\n  put(cb, sizeof cb);\n  put(probs, sizeof probs);\n  put(c2, sizeof c2);\n"
+      "  put(p2, sizeof p2);\n  put(v, sizeof v);\n  put(w, sizeof w);\n"
+      "  float loss, loss2, loss3, accuracy;\n"
+      "  check(m, every_op_train1_train2_train3_inc(m, n, x, y_, 0.5f, &loss, &loss2, &loss3, &accuracy));\n"
+      "  put(&loss, sizeof loss);\n  put(&loss2, sizeof loss2);\n  put(&loss3, sizeof loss3);\n"
+      "  put(&accuracy, sizeof accuracy);\n"
+      "  printf(\"loss %.9g %.9g %.9g accuracy %.9g\\n\", loss, loss2, loss3, accuracy);\n");
+  build_and_run(dir, "every_op");
+
+  fl_eval *ev = fl_eval_new(g, 1);
+  cr_assert(ev, "%s", diag_text());
+  feed feeds[3] = {{node(g, "x"), batch_x(b)}, {node(g, "y_"), batch_labels(b)}, {node(g, "keep"), scalar(1.0)}};
+  layout *l = calloc(1, sizeof *l);
+  static const char *const printed[] = {"am", "eq", "ci", "ri", "idiv", "cb", "probs", "c2", "p2", "v", "w"};
+  int fetches[11];
+  for (int i = 0; i < 11; i++) fetches[i] = node(g, printed[i]);
+  eval_run(ev, feeds, 3, fetches, printed, 11, l);
+  feeds[2].value.data[0] = 0.5;
+  int step[8] = {node(g, "loss"), node(g, "loss2"), node(g, "loss3"), node(g, "accuracy"),
+                 node(g, "train1"), node(g, "train2"), node(g, "train3"), node(g, "inc")};
+  eval_run(ev, feeds, 3, step,
+           (const char *const[]){"loss", "loss2", "loss3", "accuracy", NULL, NULL, NULL, NULL}, 8, l);
+  expect_variables(g, ev, l, 1);
+  compare_output(dir, l);
+
+  free_layout(l);
+  free(l);
+  for (int i = 0; i < 3; i++) fl_value_free(&feeds[i].value);
+  fl_eval_free(ev);
+  free(b);
+  fl_graph_free(g);
+}
+
+/* ---- focused cases ----------------------------------------------------------------------------- */
+
+/* Builds a small description whose entries take no feeds, runs `body` in the
+ * harness and the interpreter's runs, and compares. */
+static void small_case(const char *name, const char *text, const char *body,
+                       void (*interpret)(const fl_graph *g, fl_eval *ev, layout *l)) {
+  fl_graph *g = compile_text(text);
+  char dir[4096];
+  scratch(name, dir, sizeof dir);
+  batch *b = calloc(1, sizeof *b);
+  b->n = 1;
+  emit_and_write_harness(g, dir, name, b, body);
+  build_and_run(dir, name);
+  fl_eval *ev = fl_eval_new(g, 1);
+  cr_assert(ev, "%s", diag_text());
+  layout *l = calloc(1, sizeof *l);
+  interpret(g, ev, l);
+  expect_variables(g, ev, l, 0);
+  compare_output(dir, l);
+  free_layout(l);
+  free(l);
+  fl_eval_free(ev);
+  free(b);
+  fl_graph_free(g);
+}
+
+/* An integer mean is the truncated quotient: 49 ones average to 1. */
+static void integer_mean_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  static const char *const names[] = {"total", "rows", "cols"};
+  int fetches[3] = {node(g, "total"), node(g, "rows"), node(g, "cols")};
+  eval_run(ev, NULL, 0, fetches, names, 3, l);
+  cr_assert_eq(l->items[0].expect[0], 1.0, "the interpreter's mean of 49 ones");
+}
+
+Test(codegen_vs_eval, integer_reduce_mean) {
+  small_case("integer_mean",
+             "k = constant(1, shape=[7, 7])\n"
+             "total = reduce_mean(k)\n"
+             "j = constant(7, shape=[3, 49])\n"
+             "rows = reduce_mean(j, axis=1)\n"
+             "cols = reduce_mean(j, axis=0)\n"
+             "train {\n  steps = 1\n  print \"{total} {rows} {cols}\"\n}\n",
+             "  int32_t total, rows[3], cols[49];\n"
+             "  check(m, integer_mean_total_rows_cols(m, &total, rows, cols));\n"
+             "  put(&total, sizeof total);\n  put(rows, sizeof rows);\n  put(cols, sizeof cols);\n",
+             integer_mean_interpret);
+}
+
+/* Within one run, pure nodes read variables before any update (eval.c's
+ * phase 1): a reshape of `a` read by the second assign is a's value from
+ * before the first assign changed it. */
+static void assign_order_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int fetches[3] = {node(g, "s1"), node(g, "s2"), node(g, "b")};
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){NULL, NULL, "b before the run"}, 3, l);
+  fl_value *bv = fl_eval_variable(ev, node(g, "b"));
+  cr_assert_eq(bv->data[0], 1.0, "the interpreter's b after the run");
+}
+
+Test(codegen_vs_eval, reshape_of_variable_reads_before_updates) {
+  small_case("assign_order",
+             "a = variable(constant([1.0, 2.0, 3.0, 4.0]))\n"
+             "b = variable(zeros([2, 2]))\n"
+             "s1 = assign(a, constant([10.0, 20.0, 30.0, 40.0]))\n"
+             "s2 = assign(b, reshape(a, [2, 2]))\n"
+             "train {\n  steps = 1\n  run s1, s2, b\n}\n",
+             "  float b[4];\n  check(m, assign_order_s1_s2(m, b));\n  put(b, sizeof b);\n",
+             assign_order_interpret);
+}
+
+/* A variable that a run only writes (never reads) is still valid C under
+ * -Wall -Werror. */
+static void write_only_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int fetches[1] = {node(g, "reset")};
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){NULL}, 1, l);
+}
+
+Test(codegen_vs_eval, write_only_variable) {
+  small_case("write_only",
+             "b = variable(zeros([2]))\n"
+             "reset = assign(b, constant([5.0, 6.0]))\n"
+             "train {\n  steps = 1\n  run reset\n}\n",
+             "  check(m, write_only_reset(m));\n",
+             write_only_interpret);
+}
+
+/* A counter and its update; assign(v, v) and chained assigns in one run. */
+static void assigns_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int fetches[4] = {node(g, "inc"), node(g, "same"), node(g, "twice"), node(g, "product")};
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){NULL, NULL, NULL, "product"}, 4, l);
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){NULL, NULL, NULL, "product again"}, 4, l);
+}
+
+Test(codegen_vs_eval, assigns_and_counters) {
+  small_case("assigns",
+             "state = variable(0)\n"
+             "inc = assign(state, state + 1)\n"
+             "f = variable(constant([1.5, -2.0]))\n"
+             "same = assign(f, f)\n"
+             "twice = assign(f, f * 2.0)\n"
+             "product = matmul(constant([[3.0, 3.0]]), constant([[2.0], [2.0]]))\n"
+             "train {\n  steps = 1\n  run inc, same, twice, product\n}\n",
+             "  float product;\n"
+             "  check(m, assigns_inc_same_twice(m, &product));\n  put(&product, sizeof product);\n"
+             "  check(m, assigns_inc_same_twice(m, &product));\n  put(&product, sizeof product);\n",
+             assigns_interpret);
+}
+
+/* Feeds are parameters of the entry: their C names must not clash with the
+ * model parameter `m` or with C keywords. */
+static void feed_names_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  feed feeds[2] = {{node(g, "m"), scalar(2.0)}, {node(g, "double"), scalar(3.0)}};
+  int up = node(g, "up");
+  eval_run(ev, feeds, 2, &up, (const char *const[]){NULL}, 1, l);
+  fl_value_free(&feeds[0].value);
+  fl_value_free(&feeds[1].value);
+}
+
+Test(codegen_vs_eval, feed_names_that_are_c_names) {
+  small_case("feed_names",
+             "m = placeholder(f32)\n"
+             "double = placeholder(f32)\n"
+             "v = variable(zeros([2]))\n"
+             "up = assign(v, v + m * double)\n"
+             "train {\n  steps = 1\n  run up with m = 2.0, double = 3.0\n}\n",
+             "  check(m, feed_names_up(m, 2.0f, 3.0f));\n",
+             feed_names_interpret);
+}
