@@ -719,7 +719,7 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
   for (int i = 0; i < plan.count; i++) sb_printf(sb, "%s%d", i ? ", " : "", plan.first[i]);
   sb_printf(sb, "%s};\n  static const int last[%d] = {", plan.count ? "" : "0", n);
   for (int i = 0; i < plan.count; i++) sb_printf(sb, "%s%d", i ? ", " : "", plan.last[i]);
-  sb_printf(sb, "%s};\n  size_t sizes[%d], offsets[%d];\n", plan.count ? "" : "0", n, n);
+  sb_printf(sb, "%s};\n  size_t sizes[%d] = {0}, offsets[%d];\n", plan.count ? "" : "0", n, n);
   for (int i = 0; i < plan.count; i++) {
     if (plan.node[i] >= 0) {
       const fl_node *nd = &g->nodes[plan.node[i]];

@@ -20,7 +20,8 @@
  * (cc -std=c99 -O2 -Wall -Wextra -Werror with the runtime's sources) and run.
  * The interpreter (fl_eval_new(g, 1)) makes the same runs with the same feeds;
  * dropout masks and initial values come from the same Philox streams, so
- * every value must agree.
+ * every value must agree. MNIST softmax and the every-op graph are checked
+ * both fused (the default) and with no_fuse (one kernel per node).
  *
  * Tolerance: generated code computes in float32 (sgemm, float kernels), the
  * interpreter in double. After a step or two of training, float values agree
@@ -389,8 +390,8 @@ static fl_value scalar(double x) {
  * `m` (the model, seed 1), `x` and `y_` (the batch from batch.bin, n rows)
  * and put(ptr, bytes); after it, every variable is written. */
 static void emit_and_write_harness(const fl_graph *g, const char *dir, const char *prefix,
-                                   const batch *b, const char *body) {
-  fl_codegen_options opt = {.name = prefix, .source_path = "t.flow", .with_main = false};
+                                   const batch *b, const char *body, bool fuse) {
+  fl_codegen_options opt = {.name = prefix, .source_path = "t.flow", .with_main = false, .no_fuse = !fuse};
   cr_assert_eq(fl_emit_c(g, dir, &opt), 0, "fl_emit_c fails:\n%s", diag_text());
   buf h = {0};
   bprintf(&h,
@@ -451,10 +452,10 @@ static void build_and_run(const char *dir, const char *prefix) {
 
 /* ---- the examples ---------------------------------------------------------------------------- */
 
-Test(codegen_vs_eval, mnist_softmax) {
+static void mnist_softmax_case(bool fuse) {
   fl_graph *g = compile_example("mnist_softmax");
   char dir[4096];
-  scratch("mnist_softmax", dir, sizeof dir);
+  scratch(fuse ? "mnist_softmax" : "mnist_softmax_unfused", dir, sizeof dir);
   batch *b = malloc(sizeof *b);
   make_batch(b, 3, 42);
   emit_and_write_harness(g, dir, "mnist_softmax", b,
@@ -463,7 +464,8 @@ Test(codegen_vs_eval, mnist_softmax) {
                          "  put(&ce, sizeof ce);\n  put(&acc, sizeof acc);\n"
                          "  check(m, mnist_softmax_accuracy(m, n, x, y_, &acc_after));\n"
                          "  put(&acc_after, sizeof acc_after);\n"
-                         "  printf(\"loss %.9g accuracy %.9g then %.9g\\n\", ce, acc, acc_after);\n");
+                         "  printf(\"loss %.9g accuracy %.9g then %.9g\\n\", ce, acc, acc_after);\n",
+                         fuse);
   build_and_run(dir, "mnist_softmax");
 
   fl_eval *ev = fl_eval_new(g, 1);
@@ -491,10 +493,13 @@ Test(codegen_vs_eval, mnist_softmax) {
   fl_graph_free(g);
 }
 
-Test(codegen_vs_eval, mnist_deep) {
+Test(codegen_vs_eval, mnist_softmax) { mnist_softmax_case(true); }
+Test(codegen_vs_eval, mnist_softmax_unfused) { mnist_softmax_case(false); }
+
+static void mnist_deep_case(bool fuse) {
   fl_graph *g = compile_example("mnist_deep");
   char dir[4096];
-  scratch("mnist_deep", dir, sizeof dir);
+  scratch(fuse ? "mnist_deep" : "mnist_deep_unfused", dir, sizeof dir);
   batch *b = malloc(sizeof *b);
   make_batch(b, 3, 7);
   /* keep_prob 1 (a mask of ones), then 0.5: the masks are drawn from the
@@ -509,7 +514,8 @@ Test(codegen_vs_eval, mnist_deep) {
                          "  printf(\"step 2: loss %.9g accuracy %.9g\\n\", ce, acc);\n"
                          "  check(m, mnist_deep_accuracy(m, n, x, y_, 1.0f, &acc));\n"
                          "  put(&acc, sizeof acc);\n"
-                         "  put(&m->dropout_runs, sizeof m->dropout_runs);\n");
+                         "  put(&m->dropout_runs, sizeof m->dropout_runs);\n",
+                         fuse);
   build_and_run(dir, "mnist_deep");
 
   fl_eval *ev = fl_eval_new(g, 1);
@@ -537,6 +543,10 @@ Test(codegen_vs_eval, mnist_deep) {
   free(b);
   fl_graph_free(g);
 }
+
+/* (unfused, Deep MNIST would double the slowest test; every_op_unfused runs
+ * the same unfused kernels.) */
+Test(codegen_vs_eval, mnist_deep) { mnist_deep_case(true); }
 
 /* ---- a graph with every op ----------------------------------------------------------------- */
 
@@ -589,10 +599,10 @@ static const char every_op_text[] =
     "  run train1, train2, train3, inc with keep = 0.5\n"
     "}\n";
 
-Test(codegen_vs_eval, every_op) {
+static void every_op_case(bool fuse) {
   fl_graph *g = compile_text(every_op_text);
   char dir[4096];
-  scratch("every_op", dir, sizeof dir);
+  scratch(fuse ? "every_op" : "every_op_unfused", dir, sizeof dir);
   batch *b = malloc(sizeof *b);
   make_batch(b, 3, 99);
   emit_and_write_harness(
@@ -608,7 +618,8 @@ Test(codegen_vs_eval, every_op) {
       "  check(m, every_op_train1_train2_train3_inc(m, n, x, y_, 0.5f, &loss, &loss2, &loss3, &accuracy));\n"
       "  put(&loss, sizeof loss);\n  put(&loss2, sizeof loss2);\n  put(&loss3, sizeof loss3);\n"
       "  put(&accuracy, sizeof accuracy);\n"
-      "  printf(\"loss %.9g %.9g %.9g accuracy %.9g\\n\", loss, loss2, loss3, accuracy);\n");
+      "  printf(\"loss %.9g %.9g %.9g accuracy %.9g\\n\", loss, loss2, loss3, accuracy);\n",
+      fuse);
   build_and_run(dir, "every_op");
 
   fl_eval *ev = fl_eval_new(g, 1);
@@ -635,6 +646,9 @@ Test(codegen_vs_eval, every_op) {
   fl_graph_free(g);
 }
 
+Test(codegen_vs_eval, every_op) { every_op_case(true); }
+Test(codegen_vs_eval, every_op_unfused) { every_op_case(false); }
+
 /* ---- focused cases ----------------------------------------------------------------------------- */
 
 /* Builds a small description whose entries take no feeds, runs `body` in the
@@ -646,7 +660,7 @@ static void small_case(const char *name, const char *text, const char *body,
   scratch(name, dir, sizeof dir);
   batch *b = calloc(1, sizeof *b);
   b->n = 1;
-  emit_and_write_harness(g, dir, name, b, body);
+  emit_and_write_harness(g, dir, name, b, body, true);
   build_and_run(dir, name);
   fl_eval *ev = fl_eval_new(g, 1);
   cr_assert(ev, "%s", diag_text());
@@ -681,6 +695,35 @@ Test(codegen_vs_eval, integer_reduce_mean) {
              "  check(m, integer_mean_total_rows_cols(m, &total, rows, cols));\n"
              "  put(&total, sizeof total);\n  put(rows, sizeof rows);\n  put(cols, sizeof cols);\n",
              integer_mean_interpret);
+}
+
+/* Integer kernels: matmul (not BLAS), division toward zero, casts, fills. */
+static void integer_ops_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  static const char *const names[] = {"mm", "mt", "ma", "q", "nd", "r", "bf", "wide"};
+  int fetches[8];
+  for (int i = 0; i < 8; i++) fetches[i] = node(g, names[i]);
+  eval_run(ev, NULL, 0, fetches, names, 8, l);
+}
+
+Test(codegen_vs_eval, integer_ops) {
+  small_case("integer_ops",
+             "a = constant([[1, 2, 3], [4, 5, 6]])\n"
+             "b = constant([[1, -1], [2, 0], [-3, 5]])\n"
+             "mm = matmul(a, b)\n"
+             "mt = matmul(a, a, transpose_b=true)\n"
+             "ma = matmul(a, a, transpose_a=true)\n"
+             "q = a / -4\n"
+             "nd = (a - 7) / 3\n"
+             "r = reduce_sum(argmax(b, 0))\n"
+             "bt = constant(true, shape=[2])\n"
+             "bf = cast(bt, i32)\n"
+             "wide = cast(a, i64) * 3 + 1\n"
+             "train {\n  steps = 1\n  print \"{mm} {mt} {ma} {q} {nd} {r} {bf} {wide}\"\n}\n",
+             "  int32_t mm[4], mt[4], ma[9], q[6], nd[6], bf[2];\n  int64_t r, wide[6];\n"
+             "  check(m, integer_ops_mm_mt_ma_q_nd_r_bf_wide(m, mm, mt, ma, q, nd, &r, bf, wide));\n"
+             "  put(mm, sizeof mm);\n  put(mt, sizeof mt);\n  put(ma, sizeof ma);\n  put(q, sizeof q);\n"
+             "  put(nd, sizeof nd);\n  put(&r, sizeof r);\n  put(bf, sizeof bf);\n  put(wide, sizeof wide);\n",
+             integer_ops_interpret);
 }
 
 /* Within one run, pure nodes read variables before any update (eval.c's
