@@ -39,7 +39,7 @@ static int write_makefile(const char *dir, const char *name) {
   int n = snprintf(text, sizeof text,
                    "# Makefile - builds %s from the sources flowc emitted (make; ./%s --help).\n"
                    "CC ?= cc\n"
-                   "CFLAGS ?= -O2 -march=native\n"
+                   "CFLAGS ?= -O3 -march=native\n"
                    "BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)\n"
                    "BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)\n"
                    "SOURCES := $(wildcard *.c)\n\n"
@@ -184,7 +184,7 @@ int fl_build_program(const fl_graph *g, const fl_build_request *req) {
     int argc = 0;
     argv[argc++] = (char *)cc;
     argv[argc++] = "-std=c99";
-    argv[argc++] = "-O2";
+    argv[argc++] = "-O3";
     argv[argc++] = "-march=native";
     argv[argc++] = "-Wall";
     argv[argc++] = "-o";

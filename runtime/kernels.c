@@ -236,6 +236,10 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
 
 /* ---- max_pool ------------------------------------------------------------ */
 
+/* Channels run innermost in NHWC, over contiguous memory: each window cell
+ * updates all channels at once, which the compiler turns into vector max and
+ * blend instructions. Padding cells are skipped rather than read as 0, so they
+ * never win (as -inf would not). */
 void flrt_max_pool(const flrt_window *w, const float *x, float *out) {
   const int64_t C = w->in_c;
   float *dst = out;
@@ -243,18 +247,16 @@ void flrt_max_pool(const flrt_window *w, const float *x, float *out) {
     const float *img = x + n * w->in_h * w->in_w * C;
     for (int64_t oh = 0; oh < w->out_h; oh++) {
       for (int64_t ow = 0; ow < w->out_w; ow++, dst += C) {
-        /* Padding is skipped rather than read as 0, so it never wins (as
-         * -inf would not); channels run innermost, over contiguous memory. */
-        for (int64_t c = 0; c < C; c++) dst[c] = -INFINITY;
+        float *restrict best = dst;
+        for (int64_t c = 0; c < C; c++) best[c] = -INFINITY;
         for (int64_t kh = 0; kh < w->k_h; kh++) {
           int64_t ih = oh * w->stride_h + kh - w->pad_top;
           if (ih < 0 || ih >= w->in_h) continue;
           for (int64_t kw = 0; kw < w->k_w; kw++) {
             int64_t iw = ow * w->stride_w + kw - w->pad_left;
             if (iw < 0 || iw >= w->in_w) continue;
-            const float *px = img + (ih * w->in_w + iw) * C;
-            for (int64_t c = 0; c < C; c++)
-              if (px[c] > dst[c]) dst[c] = px[c];
+            const float *restrict px = img + (ih * w->in_w + iw) * C;
+            for (int64_t c = 0; c < C; c++) best[c] = px[c] > best[c] ? px[c] : best[c];
           }
         }
       }
@@ -262,29 +264,46 @@ void flrt_max_pool(const flrt_window *w, const float *x, float *out) {
   }
 }
 
+/* Channels per pass of the gradient: the running maxima and their positions
+ * live in small stack arrays. */
+#define POOL_CHANNEL_BLOCK 256
+
 void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx) {
   const int64_t C = w->in_c;
   zero(dx, w->batch * w->in_h * w->in_w * C);
-  const float *g = dy;
+  float best[POOL_CHANNEL_BLOCK];
+  int64_t where[POOL_CHANNEL_BLOCK];
   for (int64_t n = 0; n < w->batch; n++) {
     const int64_t base = n * w->in_h * w->in_w * C;
     for (int64_t oh = 0; oh < w->out_h; oh++) {
-      for (int64_t ow = 0; ow < w->out_w; ow++, g += C) {
-        for (int64_t c = 0; c < C; c++) {
-          /* Only strictly greater replaces, so ties go to the first maximum
-           * in (kh, kw) order, as TensorFlow's CPU kernel does. */
-          int64_t best = -1;
+      for (int64_t ow = 0; ow < w->out_w; ow++) {
+        const float *g = dy + ((n * w->out_h + oh) * w->out_w + ow) * C;
+        for (int64_t c0 = 0; c0 < C; c0 += POOL_CHANNEL_BLOCK) {
+          const int64_t width = C - c0 < POOL_CHANNEL_BLOCK ? C - c0 : POOL_CHANNEL_BLOCK;
+          for (int64_t c = 0; c < width; c++) {
+            best[c] = -INFINITY;
+            where[c] = -1;
+          }
+          /* Only strictly greater replaces, visiting the window in (kh, kw)
+           * order, so ties go to the first maximum, as TensorFlow's CPU kernel
+           * does. */
           for (int64_t kh = 0; kh < w->k_h; kh++) {
             int64_t ih = oh * w->stride_h + kh - w->pad_top;
             if (ih < 0 || ih >= w->in_h) continue;
             for (int64_t kw = 0; kw < w->k_w; kw++) {
               int64_t iw = ow * w->stride_w + kw - w->pad_left;
               if (iw < 0 || iw >= w->in_w) continue;
-              int64_t at = base + (ih * w->in_w + iw) * C + c;
-              if (best < 0 || x[at] > x[best]) best = at;
+              const int64_t at = base + (ih * w->in_w + iw) * C + c0;
+              const float *px = x + at;
+              for (int64_t c = 0; c < width; c++) {
+                const int greater = px[c] > best[c] || where[c] < 0;
+                best[c] = greater ? px[c] : best[c];
+                where[c] = greater ? at + c : where[c];
+              }
             }
           }
-          if (best >= 0) dx[best] += g[c]; /* overlapping windows accumulate */
+          for (int64_t c = 0; c < width; c++)
+            if (where[c] >= 0) dx[where[c]] += g[c0 + c]; /* overlapping windows accumulate */
         }
       }
     }
