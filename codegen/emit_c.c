@@ -77,10 +77,36 @@ static void emit_literal(char *buf, size_t cap, fl_dtype t, double v) {
   }
 }
 
+/* C keywords and the names generated code declares itself: a symbol or
+ * tensor named like one gets a trailing underscore. */
+static bool reserved_name(const char *name) {
+  static const char *const words[] = {
+      "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else", "enum",
+      "extern", "float", "for", "goto", "if", "inline", "int", "long", "register", "restrict", "return",
+      "short", "signed", "sizeof", "static", "struct", "switch", "typedef", "union", "unsigned", "void",
+      "volatile", "while", "bool", "true", "false", "m", "w", "i", "j", "k", "p", "r", "c", "o",
+      "out", "in0", "in1", "in2", "arena", "sizes", "offsets", "first", "last", "scratch", "seed",
+      "run", "rows", "channels", "classes", "inner", "len", "best", "total", "scale", "bias", "row",
+      "z", "max", "sum", "loss", "labels", "var", "grad", "v", "accum", "lr_t", "arena_bytes"};
+  for (size_t i = 0; i < sizeof words / sizeof words[0]; i++)
+    if (strcmp(name, words[i]) == 0) return true;
+  /* t12, in0, out1, i3: buffer, parameter and loop names */
+  static const char *const numbered[] = {"t", "in", "out", "i", "c", "f", "k"};
+  for (size_t i = 0; i < sizeof numbered / sizeof numbered[0]; i++) {
+    size_t len = strlen(numbered[i]);
+    if (strncmp(name, numbered[i], len) == 0 && name[len] && strspn(name + len, "0123456789") == strlen(name + len))
+      return true;
+  }
+  return false;
+}
+
 /* The symbol's C name in generated code ("N"). */
 static void sym_name(const fl_graph *g, int sym, char *buf, size_t cap) {
   fl_c_identifier(g->syms[sym], buf, cap);
+  if (reserved_name(buf) && strlen(buf) + 2 <= cap) strcat(buf, "_");
 }
+
+void fl_sym_c_name(const fl_graph *g, int sym, char *buf, size_t cap) { sym_name(g, sym, buf, cap); }
 
 /* A dimension as a C expression of type int64_t. */
 void emit_dim(const fl_graph *g, fl_dim d, char *buf, size_t cap) {
@@ -411,15 +437,15 @@ static void entry_params(const emit_model *em, const emit_entry *e, strbuf *sb) 
   for (int s = 0; s < g->nsyms; s++)
     if (e->syms[s]) {
       char name[64];
-      fl_c_identifier(g->syms[s], name, sizeof name);
+      fl_sym_c_name(g, s, name, sizeof name);
       sb_printf(sb, ", int64_t %s", name);
     }
   for (int i = 0; i < e->nfeeds; i++) {
     const fl_node *n = &g->nodes[e->feeds[i]];
     char label[96];
     emit_node_label(g, e->feeds[i], label, sizeof label);
-    if (n->shape.rank == 0) sb_printf(sb, ", %s %s", emit_ctype(n->dtype), label);
-    else sb_printf(sb, ", const %s *%s", emit_ctype(n->dtype), label);
+    if (n->shape.rank == 0) sb_printf(sb, ", %s feed_%s", emit_ctype(n->dtype), label);
+    else sb_printf(sb, ", const %s *feed_%s", emit_ctype(n->dtype), label);
   }
   for (int i = 0; i < e->nfetches; i++) {
     char label[96];
@@ -707,7 +733,7 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
   for (int k = 0; k < g->nsyms; k++)
     if (e->syms[k]) {
       char name[64];
-      fl_c_identifier(g->syms[k], name, sizeof name);
+      fl_sym_c_name(g, k, name, sizeof name);
       sb_printf(sb, "  if (%s < 1)\n    return fail(m, \"%s_%s: %s must be at least 1, got %%lld\", (long long)%s);\n",
                 name, em->prefix, e->name, name, name);
     }
@@ -749,7 +775,7 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
     buffers[i] = buf;
     if (e->fed[i]) {
       emit_node_label(g, i, label, sizeof label);
-      sb_printf(sb, "  const %s *t%d = %s%s;\n", type, i, nd->shape.rank ? "" : "&", label);
+      sb_printf(sb, "  const %s *t%d = %sfeed_%s;\n", type, i, nd->shape.rank ? "" : "&", label);
       is_const[i] = true;
     } else if (nd->op == FL_OP_VARIABLE) {
       sb_printf(sb, "  %s *t%d = m->vars.%s;\n", type, i, em->var_names[i]);

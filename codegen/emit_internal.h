@@ -23,6 +23,9 @@ void emit_size(const fl_graph *g, const fl_shape *s, char *buf, size_t cap);
 void emit_node_syms(const fl_graph *g, const fl_node *n, bool *uses);
 void emit_node_label(const fl_graph *g, int id, char *buf, size_t cap);
 void emit_node_comment(const fl_graph *g, const fl_node *n, strbuf *sb);
+/* A symbol's name in generated code: its own, unless that is a C keyword or
+ * a name the generated code uses itself (then with a trailing '_'). */
+void fl_sym_c_name(const fl_graph *g, int sym, char *buf, size_t cap);
 
 /* An entry point: one run of the graph, as one action of the train block asks. */
 typedef struct {

@@ -443,7 +443,7 @@ void emit_kernel(const fl_graph *g, int id, strbuf *sb) {
   for (int s = 0; s < g->nsyms && s < 64; s++)
     if (uses[s]) {
       char name[64];
-      fl_c_identifier(g->syms[s], name, sizeof name);
+      fl_sym_c_name(g, s, name, sizeof name);
       sb_printf(sb, "%sint64_t %s", nparams++ ? ", " : "", name);
     }
   if (!nparams) sb_printf(sb, "void");
@@ -473,7 +473,7 @@ void emit_kernel_call(const fl_graph *g, int id, const char *const *buffers,
   for (int s = 0; s < g->nsyms && s < 64; s++)
     if (uses[s]) {
       char name[64];
-      fl_c_identifier(g->syms[s], name, sizeof name);
+      fl_sym_c_name(g, s, name, sizeof name);
       sb_printf(sb, "%s%s", nargs++ ? ", " : "", name);
     }
   sb_printf(sb, ");\n");
@@ -683,7 +683,7 @@ void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname
   for (int s = 0; s < g->nsyms && s < 64; s++)
     if (uses[s]) {
       char name[64];
-      fl_c_identifier(g->syms[s], name, sizeof name);
+      fl_sym_c_name(g, s, name, sizeof name);
       sb_printf(sb, "%sint64_t %s", nparams++ ? ", " : "", name);
     }
   if (!nparams) sb_printf(sb, "void");
@@ -712,7 +712,7 @@ void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, 
   for (int s = 0; s < g->nsyms && s < 64; s++)
     if (uses[s]) {
       char name[64];
-      fl_c_identifier(g->syms[s], name, sizeof name);
+      fl_sym_c_name(g, s, name, sizeof name);
       sb_printf(sb, "%s%s", nargs++ ? ", " : "", name);
     }
   sb_printf(sb, ");\n");
