@@ -299,3 +299,14 @@ Test(fusion, fused_and_unfused_programs_agree, .timeout = 600) {
     cr_assert(diff >= 0 && diff <= 1e-4, "%s: fused and unfused weights differ by %.3g", examples[i], diff);
   }
 }
+
+Test(build, a_missing_compiler_is_named_with_its_package, .timeout = 60) {
+  const char *dir = e2e_scratch("no_cc");
+  char *out = NULL;
+  int rc = e2e_run(&out, "'%s/compiler/flowc' build '%s/examples/line_fit.flow' -o '%s/p' --cc /nonexistent/cc",
+                   e2e_build_root(), e2e_source_root(), dir);
+  cr_assert_eq(rc, 1, "expected a user error, got %d:\n%s", rc, out);
+  cr_assert(strstr(out, "/nonexistent/cc") && strstr(out, "apt-get install gcc"),
+            "the message should name the compiler and the package:\n%s", out);
+  free(out);
+}
