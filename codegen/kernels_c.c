@@ -481,6 +481,16 @@ void emit_kernel_call(const fl_graph *g, int id, const char *const *buffers,
 
 /* ---- fused groups ----------------------------------------------------------- */
 
+/* Copies a kernel body one level deeper, for bodies reused inside a block. */
+static void emit_indented(const strbuf *body, strbuf *sb) {
+  for (const char *line = body->text; line && *line;) {
+    const char *end = strchr(line, '\n');
+    size_t len = end ? (size_t)(end - line) : strlen(line);
+    sb_printf(sb, "  %.*s\n", (int)len, line);
+    line = end ? end + 1 : line + len;
+  }
+}
+
 static bool in_group(const fl_group *grp, int node) {
   for (int i = 0; i < grp->nnodes; i++)
     if (grp->nodes[i] == node) return true;
@@ -600,7 +610,10 @@ static void emit_epilogue_group(const fl_graph *g, const fl_group *grp, const in
   bool relu = grp->nnodes > 2;
   sb_printf(sb, "  float *out = out0;\n  {\n");
   /* the GEMM's body reads in0/in1: its inputs come first in the group's list */
-  emit_node_body(g, gemm, sb);
+  strbuf body = {0};
+  emit_node_body(g, gemm, &body);
+  emit_indented(&body, sb);
+  sb_free(&body);
   sb_printf(sb, "  }\n");
   char size[128], channels[96];
   emit_size(g, &gemm->shape, size, sizeof size);
@@ -645,13 +658,7 @@ static void emit_updates_group(const fl_graph *g, const fl_group *grp, const int
     }
     strbuf body = {0};
     emit_update(g, n, &body);
-    /* indent the shared update body one level deeper */
-    for (char *line = body.text; line && *line;) {
-      char *end = strchr(line, '\n');
-      size_t len = end ? (size_t)(end - line) : strlen(line);
-      sb_printf(sb, "  %.*s\n", (int)len, line);
-      line = end ? end + 1 : line + len;
-    }
+    emit_indented(&body, sb);
     sb_free(&body);
     sb_printf(sb, "  }\n");
   }
@@ -666,8 +673,8 @@ void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname
     sb_printf(sb, " * ");
     strbuf line = {0};
     emit_node_comment(g, &g->nodes[grp->nodes[i]], &line);
-    /* drop the comment markers of the single-node form */
-    sb_printf(sb, "%.*s\n", (int)(line.len > 6 ? line.len - 6 : 0), line.text ? line.text + 3 : "");
+    /* the single-node comment without its opening and closing markers */
+    sb_printf(sb, "%.*s\n", (int)(line.len > 7 ? line.len - 7 : 0), line.text ? line.text + 3 : "");
     sb_free(&line);
   }
   sb_printf(sb, " */\nstatic void %s(", fname);
