@@ -684,9 +684,26 @@ typedef struct {
   int *first, *last;
 } arena_plan;
 
-static arena_plan plan_buffers(const fl_graph *g, const fl_schedule *s) {
+/* An assignment whose value lives in a variable this run writes (assign(v,
+ * reshape(w)) next to an update of w) must copy the value before the side
+ * effects start: values are taken before the run writes anything. */
+static bool assign_needs_snapshot(const fl_graph *g, const emit_entry *e, int assign) {
+  int src = fl_storage_of(g, g->nodes[assign].inputs[1]);
+  if (g->nodes[src].op != FL_OP_VARIABLE || e->fed[src]) return false;
+  for (int i = 0; i < g->nnodes; i++) {
+    const fl_node *n = &g->nodes[i];
+    if (!e->needed[i] || e->fed[i] || !fl_op_has_side_effect(n->op) || n->op == FL_OP_GROUP) continue;
+    int written = n->op == FL_OP_APPLY_ADAM ? 3 : n->op == FL_OP_APPLY_MOMENTUM ? 2 : 1;
+    for (int k = 0; k < written && k < n->ninputs; k++)
+      if (n->inputs[k] == src) return true;
+  }
+  return false;
+}
+
+static arena_plan plan_buffers(const fl_graph *g, const emit_entry *e) {
+  const fl_schedule *s = e->sched;
   arena_plan p = {0};
-  int cap = g->nnodes + s->ngroups + 1;
+  int cap = 2 * g->nnodes + s->ngroups + 1;
   p.node = xcalloc((size_t)cap, sizeof(int));
   p.first = xcalloc((size_t)cap, sizeof(int));
   p.last = xcalloc((size_t)cap, sizeof(int));
@@ -702,6 +719,14 @@ static arena_plan plan_buffers(const fl_graph *g, const fl_schedule *s) {
       p.first[p.count] = p.last[p.count] = gi;
       p.count++;
     }
+  /* Snapshots, numbered after every group: alive from the end of the pure
+   * groups to the end of the run. */
+  for (int i = 0; i < g->nnodes; i++)
+    if (e->needed[i] && !e->fed[i] && g->nodes[i].op == FL_OP_ASSIGN && assign_needs_snapshot(g, e, i)) {
+      p.node[p.count] = -(s->ngroups + 1 + i);
+      p.first[p.count] = s->npure;
+      p.last[p.count++] = s->ngroups;
+    }
   return p;
 }
 
@@ -711,14 +736,64 @@ static void free_plan(arena_plan *p) {
   free(p->last);
 }
 
-/* The scratch of a group's convolution, in floats, as a C expression. */
-static void group_scratch_size(const fl_graph *g, const fl_group *grp, char *buf, size_t cap) {
+/* The convolution of a group that needs im2col scratch. */
+static const fl_node *group_conv(const fl_graph *g, const fl_group *grp) {
   for (int i = 0; i < grp->nnodes; i++)
-    if (kernel_needs_scratch(g->nodes[grp->nodes[i]].op)) {
-      kernel_scratch_size(g, &g->nodes[grp->nodes[i]], buf, cap);
-      return;
+    if (kernel_needs_scratch(g->nodes[grp->nodes[i]].op)) return &g->nodes[grp->nodes[i]];
+  return NULL;
+}
+
+/* Copies a run's fetches out of its buffers. */
+static void emit_fetch_copies(const fl_graph *g, const emit_entry *e, strbuf *sb) {
+  char size[160], label[96];
+  for (int i = 0; i < e->nfetches; i++) {
+    int id = e->fetches[i];
+    emit_node_label(g, id, label, sizeof label);
+    emit_size(g, &g->nodes[id].shape, size, sizeof size);
+    sb_printf(sb, "  if (out_%s)\n    memcpy(out_%s, t%d, (size_t)(%s) * sizeof *out_%s);\n", label, label, id, size,
+              label);
+  }
+}
+
+/* Which buffers the entry's code reads: declaring only those keeps the
+ * generated code free of unused variables. */
+static bool *read_buffers(const fl_graph *g, const emit_entry *e) {
+  bool *read = xcalloc((size_t)g->nnodes, sizeof(bool));
+  const fl_schedule *s = e->sched;
+  int *ins = xcalloc((size_t)g->nnodes + 1, sizeof(int));
+  for (int gi = 0; gi < s->ngroups; gi++) {
+    const fl_group *grp = &s->groups[gi];
+    if (grp->kind == FL_GROUP_SINGLE) {
+      const fl_node *n = &g->nodes[grp->nodes[0]];
+      for (int k = 0; k < n->ninputs; k++) read[n->inputs[k]] = true;
+      read[grp->nodes[0]] = true; /* its output is written through its buffer */
+    } else {
+      int nins = group_inputs(g, grp, ins);
+      for (int k = 0; k < nins; k++) read[ins[k]] = true;
+      for (int k = 0; k < grp->nnodes; k++)
+        if (s->materialized[grp->nodes[k]]) read[grp->nodes[k]] = true;
     }
-  snprintf(buf, cap, "0");
+  }
+  for (int i = 0; i < e->nfetches; i++) read[e->fetches[i]] = true;
+  for (int i = 0; i < g->nnodes; i++)
+    if (e->needed[i] && !e->fed[i] && g->nodes[i].op == FL_OP_ASSIGN) read[g->nodes[i].inputs[1]] = true;
+  /* an alias that is read reads its source */
+  for (int i = g->nnodes - 1; i >= 0; i--)
+    if (read[i] && e->needed[i] && !e->fed[i] && (g->nodes[i].op == FL_OP_RESHAPE || g->nodes[i].op == FL_OP_ASSIGN))
+      read[g->nodes[i].inputs[g->nodes[i].op == FL_OP_ASSIGN ? 1 : 0]] = true;
+  free(ins);
+  return read;
+}
+
+/* One group's kernel call, with its scratch slice when it has one. */
+static void emit_group_code(emit_model *em, const emit_entry *e, int gi, const char *const *buffers,
+                            const arena_plan *plan, strbuf *sb) {
+  const fl_group *grp = &e->sched->groups[gi];
+  char scratch[64] = "NULL";
+  for (int i = 0; i < plan->count; i++)
+    if (plan->node[i] == -(gi + 1)) snprintf(scratch, sizeof scratch, "(float *)(arena + offsets[%d])", i);
+  if (grp->kind == FL_GROUP_SINGLE) emit_kernel_call(em->g, grp->nodes[0], buffers, scratch, sb);
+  else emit_group_call(em->g, grp, fused_name(em, grp), buffers, scratch, sb);
 }
 
 static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
@@ -739,7 +814,7 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
     }
   /* The arena: buffers alive at the same time never overlap; the plan is
    * made once per run, from this run's sizes. */
-  arena_plan plan = plan_buffers(g, s);
+  arena_plan plan = plan_buffers(g, e);
   int n = plan.count > 0 ? plan.count : 1;
   sb_printf(sb, "  enum { BUFFERS = %d };\n  static const int first[%d] = {", plan.count, n);
   for (int i = 0; i < plan.count; i++) sb_printf(sb, "%s%d", i ? ", " : "", plan.first[i]);
@@ -753,9 +828,15 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
       emit_node_label(g, plan.node[i], label, sizeof label);
       sb_printf(sb, "  sizes[%d] = (size_t)(%s) * sizeof(%s); /* %%%d %s */\n", i, size, emit_ctype(nd->dtype),
                 plan.node[i], label);
+    } else if (-plan.node[i] - 1 < s->ngroups) {
+      char target[32];
+      snprintf(target, sizeof target, "sizes[%d]", i);
+      kernel_scratch_statement(g, group_conv(g, &s->groups[-plan.node[i] - 1]), target, sb);
     } else {
-      group_scratch_size(g, &s->groups[-plan.node[i] - 1], size, sizeof size);
-      sb_printf(sb, "  sizes[%d] = (size_t)(%s) * sizeof(float); /* im2col scratch */\n", i, size);
+      int assign = -plan.node[i] - 1 - s->ngroups;
+      emit_size(g, &g->nodes[assign].shape, size, sizeof size);
+      sb_printf(sb, "  sizes[%d] = (size_t)(%s) * sizeof(%s); /* value of %%%d, taken before the updates */\n", i,
+                size, emit_ctype(g->nodes[assign].dtype), assign);
     }
   }
   sb_printf(sb, "  const size_t arena_bytes = flrt_plan_arena(sizes, first, last, BUFFERS, offsets);\n");
@@ -766,8 +847,9 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
   for (int i = 0; i < plan.count; i++)
     if (plan.node[i] >= 0) slot[plan.node[i]] = i;
   /* Buffers: feeds, variables, constants, aliases and arena slices. */
+  bool *read = read_buffers(g, e);
   for (int i = 0; i < g->nnodes; i++) {
-    if (!e->needed[i]) continue;
+    if (!e->needed[i] || !read[i]) continue;
     const fl_node *nd = &g->nodes[i];
     const char *type = emit_ctype(nd->dtype);
     char *buf = xcalloc(32, 1);
@@ -791,38 +873,30 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
       sb_printf(sb, "  %s *t%d = (%s *)(arena + offsets[%d]);\n", type, i, type, slot[i]);
     }
   }
-  /* The kernels in schedule order; fetches are copied before side effects. */
-  for (int gi = 0; gi < s->ngroups; gi++) {
-    if (gi == s->npure)
-      for (int i = 0; i < e->nfetches; i++) {
-        int id = e->fetches[i];
-        emit_node_label(g, id, label, sizeof label);
-        emit_size(g, &g->nodes[id].shape, size, sizeof size);
-        sb_printf(sb, "  if (out_%s)\n    memcpy(out_%s, t%d, (size_t)(%s) * sizeof *out_%s);\n", label, label, id,
-                  size, label);
-      }
-    const fl_group *grp = &s->groups[gi];
-    char scratch[64] = "NULL";
-    for (int i = 0; i < plan.count; i++)
-      if (plan.node[i] == -(gi + 1)) snprintf(scratch, sizeof scratch, "(float *)(arena + offsets[%d])", i);
-    if (grp->kind == FL_GROUP_SINGLE)
-      emit_kernel_call(g, grp->nodes[0], (const char *const *)buffers, scratch, sb);
-    else
-      emit_group_call(g, grp, fused_name(em, grp), (const char *const *)buffers, scratch, sb);
+  /* The pure kernels in schedule order, then the fetches, then the side
+   * effects in node order (an update group goes where its first member is). */
+  for (int gi = 0; gi < s->npure; gi++) emit_group_code(em, e, gi, (const char *const *)buffers, &plan, sb);
+  emit_fetch_copies(g, e, sb);
+  for (int i = 0; i < plan.count; i++) {
+    int assign = -plan.node[i] - 1 - s->ngroups;
+    if (plan.node[i] >= 0 || assign < 0) continue;
+    emit_size(g, &g->nodes[assign].shape, size, sizeof size);
+    sb_printf(sb, "  %s *snapshot%d = (%s *)(arena + offsets[%d]);\n  memcpy(snapshot%d, t%d, (size_t)(%s) * sizeof *snapshot%d);\n",
+              emit_ctype(g->nodes[assign].dtype), assign, emit_ctype(g->nodes[assign].dtype), i, assign,
+              g->nodes[assign].inputs[1], size, assign);
   }
-  if (s->npure == s->ngroups)
-    for (int i = 0; i < e->nfetches; i++) {
-      int id = e->fetches[i];
-      emit_node_label(g, id, label, sizeof label);
-      emit_size(g, &g->nodes[id].shape, size, sizeof size);
-      sb_printf(sb, "  if (out_%s)\n    memcpy(out_%s, t%d, (size_t)(%s) * sizeof *out_%s);\n", label, label, id, size,
-                label);
-    }
-  for (int i = 0; i < g->nnodes; i++) {
+  int next_group = s->npure;
+  for (int i = 0; i <= g->nnodes; i++) {
+    while (next_group < s->ngroups && (i == g->nnodes || s->groups[next_group].nodes[0] < i))
+      emit_group_code(em, e, next_group++, (const char *const *)buffers, &plan, sb);
+    if (i == g->nnodes) break;
     const fl_node *nd = &g->nodes[i];
     if (!e->needed[i] || e->fed[i] || nd->op != FL_OP_ASSIGN) continue;
     emit_node_comment(g, nd, sb);
-    sb_printf(sb, "  memmove(m->vars.%s, t%d, sizeof m->vars.%s);\n", em->var_names[nd->inputs[0]], i,
+    char source[32];
+    if (assign_needs_snapshot(g, e, i)) snprintf(source, sizeof source, "snapshot%d", i);
+    else snprintf(source, sizeof source, "t%d", nd->inputs[1]);
+    sb_printf(sb, "  memmove(m->vars.%s, %s, sizeof m->vars.%s);\n", em->var_names[nd->inputs[0]], source,
               em->var_names[nd->inputs[0]]);
   }
   if (e->uses_dropout) sb_printf(sb, "  m->dropout_runs++;\n");
@@ -831,6 +905,7 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
   free(buffers);
   free(is_const);
   free(slot);
+  free(read);
   free_plan(&plan);
 }
 
@@ -845,23 +920,18 @@ static void write_report(const emit_model *em, FILE *out) {
   fprintf(out, "%s: memory at batch %lld\n", em->prefix, (long long)batch);
   for (int e = 0; e < em->nentries; e++) {
     const emit_entry *en = &em->entries[e];
-    arena_plan plan = plan_buffers(g, en->sched);
+    arena_plan plan = plan_buffers(g, en);
     size_t *sizes = xcalloc((size_t)plan.count + 1, sizeof(size_t)), *offsets = xcalloc((size_t)plan.count + 1, sizeof(size_t));
     size_t unplanned = 0;
     for (int i = 0; i < plan.count; i++) {
       if (plan.node[i] >= 0) {
         const fl_node *nd = &g->nodes[plan.node[i]];
         sizes[i] = (size_t)fl_shape_size_at(&nd->shape, batch) * fl_dtype_size(nd->dtype);
+      } else if (-plan.node[i] - 1 < en->sched->ngroups) {
+        sizes[i] = kernel_scratch_bytes(g, group_conv(g, &en->sched->groups[-plan.node[i] - 1]), batch);
       } else {
-        const fl_group *grp = &en->sched->groups[-plan.node[i] - 1];
-        for (int k = 0; k < grp->nnodes; k++)
-          if (kernel_needs_scratch(g->nodes[grp->nodes[k]].op)) {
-            const fl_node *cv = &g->nodes[grp->nodes[k]];
-            const fl_shape *y = cv->op == FL_OP_CONV2D ? &cv->shape : &g->nodes[cv->inputs[cv->op == FL_OP_CONV2D_GRAD_INPUT ? 0 : 1]].shape;
-            const fl_shape *w = cv->op == FL_OP_CONV2D_GRAD_FILTER ? &cv->shape : &g->nodes[cv->inputs[1]].shape;
-            sizes[i] = (size_t)(fl_shape_size_at(y, batch) / w->dims[3].coef * w->dims[0].coef * w->dims[1].coef *
-                                w->dims[2].coef) * sizeof(float);
-          }
+        const fl_node *nd = &g->nodes[-plan.node[i] - 1 - en->sched->ngroups];
+        sizes[i] = (size_t)fl_shape_size_at(&nd->shape, batch) * fl_dtype_size(nd->dtype);
       }
       unplanned += flrt_align(sizes[i]);
     }
@@ -1000,3 +1070,32 @@ int fl_dump_fusion(const fl_graph *g, FILE *out) {
   free_entries(&em);
   return status;
 }
+
+/* ---- for the CUDA backend (emit_cuda.c) ------------------------------------
+ * It emits the same entries, variables, initialisation and checkpoints, so
+ * that the generated APIs match and the driver (emit_main.c) serves both. */
+
+int emit_model_init(emit_model *em, const fl_graph *g, const fl_codegen_options *opt) {
+  memset(em, 0, sizeof *em);
+  em->g = g;
+  em->opt = opt;
+  fl_c_identifier(opt->name ? opt->name : "model", em->prefix, sizeof em->prefix);
+  em->entries = xcalloc((size_t)g->train.nactions + 1, sizeof(emit_entry));
+  em->action_entry = xcalloc((size_t)g->train.nactions + 1, sizeof(int));
+  var_field_names(em);
+  for (int i = 0; i < g->train.nactions; i++)
+    if ((em->action_entry[i] = build_entry_for_action(em, &g->train.actions[i])) < 0) return -1;
+  for (int e = 0; e < em->nentries; e++) {
+    emit_entry *en = &em->entries[e];
+    en->sched = fl_schedule_run(g, en->needed, en->fed, en->fetches, en->nfetches, !opt->no_fuse);
+  }
+  return 0;
+}
+
+void emit_model_free(emit_model *em) { free_entries(em); }
+void emit_entry_params(const emit_model *em, const emit_entry *e, strbuf *sb) { entry_params(em, e, sb); }
+void emit_entry_doc(const emit_model *em, const emit_entry *e, strbuf *sb) { entry_doc(em, e, sb); }
+void emit_const_array(const fl_graph *g, int id, strbuf *sb) { emit_const_data(g, id, sb); }
+int emit_init_function(const emit_model *em, strbuf *sb) { return emit_init(em, sb); }
+void emit_flops_function(const emit_model *em, const emit_entry *e, strbuf *sb) { emit_entry_flops(em, e, sb); }
+const char *emit_fused_name(emit_model *em, const fl_group *grp) { return fused_name(em, grp); }

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "emit_internal.h"
+#include "flowc_rt.h"
 #include "kernels_c.h"
 
 /* ---- index expressions ------------------------------------------------------ */
@@ -105,7 +106,9 @@ static void emit_elementwise(const fl_graph *g, const fl_node *n, strbuf *sb) {
 /* ---- reductions ------------------------------------------------------------- */
 
 /* Sums `in` (loops over its dims) into out, where out_index maps input loops
- * to the output element; scale multiplies each output at the end. */
+ * to the output element; each output is divided by `divisor` at the end (a
+ * mean: division, not a reciprocal's product, so integer means truncate
+ * exactly as the interpreter's do). */
 static void emit_sum_loops(const fl_graph *g, const fl_node *n, const fl_shape *in,
                            const char *out_index, const char *scale, strbuf *sb) {
   char out_size[128], in_idx[256];
@@ -117,7 +120,7 @@ static void emit_sum_loops(const fl_graph *g, const fl_node *n, const fl_shape *
     emit_size(g, in, in_size, sizeof in_size);
     sb_printf(sb, "  double total = 0.0;\n  for (int64_t i = 0; i < %s; i++)\n    total += in0[i];\n",
               in_size);
-    sb_printf(sb, "  out[0] = (%s)(total%s%s);\n", emit_ctype(n->dtype), scale ? " * " : "",
+    sb_printf(sb, "  out[0] = (%s)(total%s%s);\n", emit_ctype(n->dtype), scale ? " / " : "",
               scale ? scale : "");
     return;
   }
@@ -125,7 +128,8 @@ static void emit_sum_loops(const fl_graph *g, const fl_node *n, const fl_shape *
   int depth = open_loops(g, in, sb);
   sb_printf(sb, "%*sout[%s] += in0[%s];\n", 2 + 2 * depth, "", out_index, in_idx);
   if (scale)
-    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out[i] *= %s;\n", out_size, scale);
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out[i] = (%s)(out[i] / %s);\n", out_size,
+              emit_ctype(n->dtype), scale);
 }
 
 /* Output index of a reduction: the kept axes of the input, in order. */
@@ -198,6 +202,30 @@ static void emit_window(const fl_graph *g, const fl_node *n, const fl_shape *x, 
             batch, (long long)x->dims[1].coef, (long long)x->dims[2].coef,
             (long long)x->dims[3].coef, (long long)kh, (long long)kw, n->attr.strides[0],
             n->attr.strides[1], n->attr.padding == FL_PAD_SAME ? "true" : "false");
+}
+
+/* The input and filter shapes a convolution node's window is made from. */
+static void conv_shapes(const fl_graph *g, const fl_node *n, const fl_shape **x, const fl_shape **w) {
+  *x = n->op == FL_OP_CONV2D_GRAD_INPUT ? &n->shape : &g->nodes[n->inputs[0]].shape;
+  *w = n->op == FL_OP_CONV2D_GRAD_FILTER ? &n->shape : &g->nodes[n->inputs[1]].shape;
+}
+
+void kernel_scratch_statement(const fl_graph *g, const fl_node *n, const char *target, strbuf *sb) {
+  const fl_shape *x, *w;
+  conv_shapes(g, n, &x, &w);
+  sb_printf(sb, "  {\n  ");
+  emit_window(g, n, x, w->dims[0].coef, w->dims[1].coef, sb);
+  sb_printf(sb, "    %s = flrt_conv2d_scratch(&w) * sizeof(float); /* im2col scratch of %%%d */\n  }\n", target, n->id);
+}
+
+size_t kernel_scratch_bytes(const fl_graph *g, const fl_node *n, int64_t batch) {
+  const fl_shape *x, *w;
+  conv_shapes(g, n, &x, &w);
+  flrt_window win;
+  flrt_window_init(&win, fl_dim_value(x->dims[0], batch), x->dims[1].coef, x->dims[2].coef, x->dims[3].coef,
+                   w->dims[0].coef, w->dims[1].coef, n->attr.strides[0], n->attr.strides[1],
+                   n->attr.padding == FL_PAD_SAME);
+  return flrt_conv2d_scratch(&win) * sizeof(float);
 }
 
 static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb) {
@@ -320,7 +348,7 @@ static void emit_node_body(const fl_graph *g, const fl_node *n, strbuf *sb) {
     char in_size[128], scale[300];
     reduce_out_index(g, n, x, buf, sizeof buf);
     emit_size(g, x, in_size, sizeof in_size);
-    snprintf(scale, sizeof scale, "(1.0 / (double)((%s) / (%s)))", in_size, size);
+    snprintf(scale, sizeof scale, "(double)((%s) / (%s))", in_size, size);
     emit_sum_loops(g, n, x, buf, n->op == FL_OP_REDUCE_MEAN ? scale : NULL, sb);
     break;
   }
@@ -371,19 +399,6 @@ bool kernel_exists(fl_op op) {
 
 bool kernel_needs_scratch(fl_op op) {
   return op == FL_OP_CONV2D || op == FL_OP_CONV2D_GRAD_INPUT || op == FL_OP_CONV2D_GRAD_FILTER;
-}
-
-/* The scratch size of a conv kernel, in floats, as a C expression. */
-void kernel_scratch_size(const fl_graph *g, const fl_node *n, char *buf, size_t cap) {
-  /* im2col of the forward input: (N*OH*OW) x (KH*KW*C) */
-  const fl_shape *x = n->op == FL_OP_CONV2D_GRAD_INPUT ? &n->shape : &g->nodes[n->inputs[0]].shape;
-  const fl_shape *w = n->op == FL_OP_CONV2D_GRAD_FILTER ? &n->shape : &g->nodes[n->inputs[1]].shape;
-  const fl_shape *y = n->op == FL_OP_CONV2D ? &n->shape : n->op == FL_OP_CONV2D_GRAD_INPUT ? &g->nodes[n->inputs[0]].shape : &g->nodes[n->inputs[1]].shape;
-  char batch[96];
-  emit_dim(g, x->dims[0], batch, sizeof batch);
-  snprintf(buf, cap, "(%s) * %lld", batch,
-           (long long)(y->dims[1].coef * y->dims[2].coef * w->dims[0].coef * w->dims[1].coef *
-                       w->dims[2].coef));
 }
 
 /* Names of a kernel's parameters, in order, for the definition and the call. */
@@ -555,24 +570,9 @@ static void group_syms(const fl_graph *g, const fl_group *grp, bool *uses) {
   }
 }
 
-/* The expression of member `node` of an elementwise tree, inputs by index. */
-static void tree_expr(const fl_graph *g, const fl_group *grp, int node, const int *ins, int nins,
-                      const char *const *index, char *buf, size_t cap) {
-  if (!in_group(grp, node)) {
-    snprintf(buf, cap, "in%d[%s]", input_index(ins, nins, node), index[input_index(ins, nins, node)]);
-    return;
-  }
-  const fl_node *n = &g->nodes[node];
-  char a[2048] = "", b[2048] = "", inner[4096];
-  if (n->ninputs > 0) tree_expr(g, grp, n->inputs[0], ins, nins, index, a, sizeof a);
-  if (n->ninputs > 1) tree_expr(g, grp, n->inputs[1], ins, nins, index, b, sizeof b);
-  char pa[2100], pb[2100];
-  snprintf(pa, sizeof pa, "(%s)", a);
-  snprintf(pb, sizeof pb, "(%s)", b);
-  elementwise_expr(g, n, pa, pb, inner, sizeof inner);
-  snprintf(buf, cap, "%s", inner);
-}
-
+/* An elementwise tree as one loop: each member is a named local computed from
+ * the group's inputs and the members before it, so nothing is evaluated twice
+ * and the loop body reads like the graph. */
 static void emit_elementwise_group(const fl_graph *g, const fl_group *grp, const int *ins, int nins, strbuf *sb) {
   const fl_node *root = &g->nodes[grp->root];
   char size[128];
@@ -582,24 +582,42 @@ static void emit_elementwise_group(const fl_graph *g, const fl_group *grp, const
     const fl_shape *s = &g->nodes[ins[i]].shape;
     if (!fl_shape_eq(s, &root->shape) && fl_shape_const_size(s) != 1) flat = false;
   }
-  char index_store[16][256];
-  const char *index[16];
-  for (int i = 0; i < nins && i < 16; i++) {
-    const fl_shape *s = &g->nodes[ins[i]].shape;
-    if (flat) snprintf(index_store[i], sizeof index_store[i], "%s", fl_shape_eq(s, &root->shape) ? "i" : "0");
-    else broadcast_index(g, s, root->shape.rank, index_store[i], sizeof index_store[i]);
-    index[i] = index_store[i];
-  }
-  char expr[8192];
-  tree_expr(g, grp, grp->root, ins, nins, index, expr, sizeof expr);
+  const char *indent;
+  char out_idx[256] = "i";
   if (flat) {
-    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out0[i] = %s;\n", size, expr);
-    return;
+    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++) {\n", size);
+    indent = "    ";
+  } else {
+    broadcast_index(g, &root->shape, root->shape.rank, out_idx, sizeof out_idx);
+    int depth = open_loops(g, &root->shape, sb);
+    sb_printf(sb, "%*s{\n", 2 + 2 * depth, "");
+    static char deep[64];
+    snprintf(deep, sizeof deep, "%*s", 4 + 2 * depth, "");
+    indent = deep;
   }
-  char out_idx[256];
-  broadcast_index(g, &root->shape, root->shape.rank, out_idx, sizeof out_idx);
-  int depth = open_loops(g, &root->shape, sb);
-  sb_printf(sb, "%*sout0[%s] = %s;\n", 2 + 2 * depth, "", out_idx, expr);
+  for (int k = 0; k < grp->nnodes; k++) {
+    const fl_node *n = &g->nodes[grp->nodes[k]];
+    char operand[2][320];
+    for (int j = 0; j < n->ninputs && j < 2; j++) {
+      int in = n->inputs[j];
+      if (in_group(grp, in)) {
+        snprintf(operand[j], sizeof operand[j], "v%d", in);
+        continue;
+      }
+      int at = input_index(ins, nins, in);
+      const fl_shape *s = &g->nodes[in].shape;
+      char index[256];
+      if (flat) snprintf(index, sizeof index, "%s", fl_shape_eq(s, &root->shape) ? "i" : "0");
+      else broadcast_index(g, s, root->shape.rank, index, sizeof index);
+      snprintf(operand[j], sizeof operand[j], "in%d[%s]", at, index);
+    }
+    char expr[1024];
+    elementwise_expr(g, n, operand[0], n->ninputs > 1 ? operand[1] : "", expr, sizeof expr);
+    sb_printf(sb, "%sconst %s v%d = %s;\n", indent, emit_ctype(n->dtype), n->id, expr);
+  }
+  sb_printf(sb, "%sout0[%s] = v%d;\n", indent, out_idx, grp->root);
+  if (flat) sb_printf(sb, "  }\n");
+  else sb_printf(sb, "%.*s}\n", (int)strlen(indent) - 2, indent);
 }
 
 /* matmul or conv2d into out0, then bias (and relu) in place over the rows. */
@@ -723,4 +741,11 @@ void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, 
       sb_printf(sb, "%s%s", nargs++ ? ", " : "", name);
     }
   sb_printf(sb, ");\n");
+}
+
+/* The C expression of an elementwise op over operand expressions a and b:
+ * the CUDA backend's kernels use the same text (kernels_cuda.c). */
+void kernel_elementwise_expr(const fl_graph *g, const fl_node *n, const char *a, const char *b, char *buf,
+                             size_t cap) {
+  elementwise_expr(g, n, a, b, buf, cap);
 }

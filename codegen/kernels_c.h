@@ -8,7 +8,11 @@
 bool kernel_exists(fl_op op);
 /* Convolutions need im2col scratch space in the arena. */
 bool kernel_needs_scratch(fl_op op);
-void kernel_scratch_size(const fl_graph *g, const fl_node *n, char *buf, size_t cap);
+/* Sets `target` to the node's im2col scratch in bytes, at run time, with the
+ * runtime's own formula (statements for an entry's body). */
+void kernel_scratch_statement(const fl_graph *g, const fl_node *n, const char *target, strbuf *sb);
+/* The same at a given batch size, for --report. */
+size_t kernel_scratch_bytes(const fl_graph *g, const fl_node *n, int64_t batch);
 void kernel_function_name(const fl_graph *g, int id, char *buf, size_t cap);
 /* The kernel's definition, with a comment naming the node it implements. */
 void emit_kernel(const fl_graph *g, int id, strbuf *sb);
@@ -22,5 +26,9 @@ void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, 
                      const char *scratch, strbuf *sb);
 /* The group's inputs from outside it, each once (returns the count). */
 int group_inputs(const fl_graph *g, const fl_group *grp, int *ins);
+
+/* An elementwise op's expression over operands a and b (shared with CUDA). */
+void kernel_elementwise_expr(const fl_graph *g, const fl_node *n, const char *a, const char *b, char *buf,
+                             size_t cap);
 
 #endif

@@ -289,12 +289,16 @@ fl_schedule *fl_schedule_run(const fl_graph *g, const bool *needed, const bool *
     fuse_epilogues(&p);
     fuse_softmax_xent(&p);
     fuse_elementwise(&p);
+    /* Optimizer updates fuse into one kernel while no assignment comes
+     * between them: side effects keep their node order. */
     int updates = -1;
-    for (int i = 0; i < count; i++)
-      if (free_in_run(&p, i) && is_update(g->nodes[i].op)) {
-        if (updates < 0) updates = new_group(&p, FL_GROUP_UPDATES);
-        add_member(&p, updates, i);
-      }
+    for (int i = 0; i < count; i++) {
+      if (!needed[i] || (fed && fed[i])) continue;
+      if (g->nodes[i].op == FL_OP_ASSIGN) updates = -1;
+      if (!free_in_run(&p, i) || !is_update(g->nodes[i].op)) continue;
+      if (updates < 0) updates = new_group(&p, FL_GROUP_UPDATES);
+      add_member(&p, updates, i);
+    }
   }
   for (int i = 0; i < count; i++)
     if (free_in_run(&p, i)) {

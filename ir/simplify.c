@@ -83,7 +83,9 @@ int fl_fold_constants(fl_graph *g) {
     n->attr.target = n->shape;
     folded++;
   }
-  /* x * 1 and x + 0 where x already has the result's shape: use x. */
+  /* x * 1 and x + 0 where x already has the result's shape: use x. Not when
+   * x is a variable's storage: the product is a value taken before the run's
+   * updates, the variable itself is read when an update runs. */
   for (int i = 0; i < g->nnodes; i++) {
     fl_node *n = &g->nodes[i];
     if ((n->op != FL_OP_MUL && n->op != FL_OP_ADD) || is_fed(g, i)) continue;
@@ -91,7 +93,7 @@ int fl_fold_constants(fl_graph *g) {
     for (int k = 0; k < 2; k++) {
       int x = n->inputs[k], c = n->inputs[1 - k];
       if (fill_scalar(g, c, &v) && v == identity && fl_shape_eq(&g->nodes[x].shape, &n->shape) &&
-          g->nodes[x].dtype == n->dtype) {
+          g->nodes[x].dtype == n->dtype && g->nodes[fl_storage_of(g, x)].op != FL_OP_VARIABLE) {
         replace_uses(g, i, x);
         folded++;
         break;

@@ -97,6 +97,9 @@ void flrt_batcher_seek(flrt_batcher *b, int64_t consumed);
  * of epoch e is Fisher-Yates driven by Philox (key seed, stream 0x5EED0001,
  * word3 e; batch.c). */
 void flrt_batcher_next(flrt_batcher *b, int64_t batch, float *images, float *onehot);
+/* The same walk as flrt_batcher_next, handing out the examples' indices into
+ * the split instead of copying them (the CUDA build gathers them on the GPU). */
+void flrt_batcher_next_indices(flrt_batcher *b, int64_t batch, int64_t *indices);
 /* Copies examples [start, start+count) of a split in order (evaluation). */
 void flrt_split_slice(const flrt_split *s, int64_t start, int64_t count, float *images,
                       float *onehot);
@@ -206,6 +209,8 @@ void flrt_col2im(const flrt_window *w, const float *cols, float *dx);
  * stride-1 VALID window needs no im2col: its scratch size is 0 and cols may be
  * NULL. Every output (out, dx, dfilter) is overwritten, not accumulated. */
 size_t flrt_conv2d_scratch(const flrt_window *w);
+/* Images per im2col chunk: the scratch holds one chunk's matrix, about 4 MiB. */
+int64_t flrt_conv2d_chunk(const flrt_window *w);
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
                  float *out, float *cols);
 void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy,

@@ -20,10 +20,11 @@
  * when A is transposed, so that A too is read a row at a time), or a dot
  * product of two rows when B is transposed. */
 static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a,
-                 int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc) {
+                 int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
   if (!trans_b) {
-    for (int64_t i = 0; i < m; i++)
-      for (int64_t j = 0; j < n; j++) c[i * ldc + j] = 0.0f;
+    if (!accumulate)
+      for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) c[i * ldc + j] = 0.0f;
     if (trans_a) {
       for (int64_t p = 0; p < k; p++) {
         const float *arow = a + p * lda, *brow = b + p * ldb;
@@ -48,16 +49,16 @@ static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
       const float *brow = b + j * ldb; /* row j of B is column j of B^T */
       float sum = 0.0f;
       for (int64_t p = 0; p < k; p++) sum += (trans_a ? a[p * lda + i] : a[i * lda + p]) * brow[p];
-      c[i * ldc + j] = sum;
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + sum : sum;
     }
   }
 }
 #else
 static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a,
-                 int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc) {
+                 int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, (blasint)m, (blasint)n, (blasint)k, 1.0f, a,
-              (blasint)lda, b, (blasint)ldb, 0.0f, c, (blasint)ldc);
+              (blasint)lda, b, (blasint)ldb, accumulate ? 1.0f : 0.0f, c, (blasint)ldc);
 }
 #endif
 
@@ -185,23 +186,48 @@ void flrt_col2im(const flrt_window *w, const float *cols, float *dx) {
 
 /* ---- conv2d -------------------------------------------------------------- */
 
+/* im2col works on a chunk of images at a time, so that its matrix (which the
+ * GEMM reads right after) stays near the cache's size instead of the whole
+ * batch's: 31 MiB for Deep MNIST's second layer at batch 50, 3.7 MiB per chunk. */
+#define CONV_CHUNK_FLOATS ((int64_t)1 << 20)
+
+int64_t flrt_conv2d_chunk(const flrt_window *w) {
+  const int64_t per_image = w->out_h * w->out_w * window_cols(w);
+  int64_t chunk = per_image > 0 ? CONV_CHUNK_FLOATS / per_image : w->batch;
+  if (chunk < 1) chunk = 1;
+  return chunk < w->batch ? chunk : w->batch;
+}
+
 size_t flrt_conv2d_scratch(const flrt_window *w) {
   /* The pointwise case works on x, dx and the outputs directly. */
   if (is_pointwise(w)) return 0;
-  return (size_t)(window_rows(w) * window_cols(w));
+  return (size_t)(flrt_conv2d_chunk(w) * w->out_h * w->out_w * window_cols(w));
+}
+
+/* The window of images [first, first + count) of w's batch. */
+static flrt_window chunk_of(const flrt_window *w, int64_t count) {
+  flrt_window part = *w;
+  part.batch = count;
+  return part;
 }
 
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
                  float *out, float *cols) {
-  const int64_t P = window_rows(w), K = window_cols(w), O = out_c;
-  if (degenerate(P, O, K, out)) return;
-  /* out (P x O) = cols (P x K) @ filter (K x O): HWIO is already K x O. */
-  const float *a = x;
-  if (!is_pointwise(w)) {
-    flrt_im2col(w, x, cols);
-    a = cols;
+  const int64_t K = window_cols(w), O = out_c;
+  if (degenerate(window_rows(w), O, K, out)) return;
+  if (is_pointwise(w)) {
+    gemm(false, false, window_rows(w), O, K, x, K, filter, O, out, O, false);
+    return;
   }
-  gemm(false, false, P, O, K, a, K, filter, O, out, O);
+  /* out (P x O) = cols (P x K) @ filter (K x O): HWIO is already K x O. */
+  const int64_t chunk = flrt_conv2d_chunk(w), image_in = w->in_h * w->in_w * w->in_c;
+  const int64_t image_rows = w->out_h * w->out_w;
+  for (int64_t first = 0; first < w->batch; first += chunk) {
+    const int64_t count = w->batch - first < chunk ? w->batch - first : chunk;
+    const flrt_window part = chunk_of(w, count);
+    flrt_im2col(&part, x + first * image_in, cols);
+    gemm(false, false, count * image_rows, O, K, cols, K, filter, O, out + first * image_rows * O, O, false);
+  }
 }
 
 void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy,
@@ -209,29 +235,42 @@ void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy
   const int64_t P = window_rows(w), K = window_cols(w), O = out_c;
   if (is_pointwise(w)) {
     /* dx is laid out exactly like dcols here, so the GEMM writes it. */
-    if (!degenerate(P, K, O, dx)) gemm(false, true, P, K, O, dy, O, filter, O, dx, K);
+    if (!degenerate(P, K, O, dx)) gemm(false, true, P, K, O, dy, O, filter, O, dx, K, false);
     return;
   }
-  /* dcols (P x K) = dy (P x O) @ filter^T (O x K), then scatter back. */
-  if (degenerate(P, K, O, cols)) {
+  if (P <= 0 || K <= 0 || O <= 0) {
     zero(dx, w->batch * w->in_h * w->in_w * w->in_c);
     return;
   }
-  gemm(false, true, P, K, O, dy, O, filter, O, cols, K);
-  flrt_col2im(w, cols, dx);
+  /* dcols (P x K) = dy (P x O) @ filter^T (O x K), then scatter back, a chunk
+   * of images at a time (col2im zeroes its chunk of dx first). */
+  const int64_t chunk = flrt_conv2d_chunk(w), image_in = w->in_h * w->in_w * w->in_c;
+  const int64_t image_rows = w->out_h * w->out_w;
+  for (int64_t first = 0; first < w->batch; first += chunk) {
+    const int64_t count = w->batch - first < chunk ? w->batch - first : chunk;
+    const flrt_window part = chunk_of(w, count);
+    gemm(false, true, count * image_rows, K, O, dy + first * image_rows * O, O, filter, O, cols, K, false);
+    flrt_col2im(&part, cols, dx + first * image_in);
+  }
 }
 
 void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x,
                              const float *dy, float *dfilter, float *cols) {
   const int64_t P = window_rows(w), K = window_cols(w), O = out_c;
   if (degenerate(K, O, P, dfilter)) return;
-  /* dfilter (K x O) = cols^T (K x P) @ dy (P x O). */
-  const float *a = x;
-  if (!is_pointwise(w)) {
-    flrt_im2col(w, x, cols);
-    a = cols;
+  if (is_pointwise(w)) {
+    gemm(true, false, K, O, P, x, K, dy, O, dfilter, O, false);
+    return;
   }
-  gemm(true, false, K, O, P, a, K, dy, O, dfilter, O);
+  /* dfilter (K x O) = sum over chunks of cols^T (K x rows) @ dy (rows x O). */
+  const int64_t chunk = flrt_conv2d_chunk(w), image_in = w->in_h * w->in_w * w->in_c;
+  const int64_t image_rows = w->out_h * w->out_w;
+  for (int64_t first = 0; first < w->batch; first += chunk) {
+    const int64_t count = w->batch - first < chunk ? w->batch - first : chunk;
+    const flrt_window part = chunk_of(w, count);
+    flrt_im2col(&part, x + first * image_in, cols);
+    gemm(true, false, K, O, count * image_rows, cols, K, dy + first * image_rows * O, O, dfilter, O, first > 0);
+  }
 }
 
 /* ---- max_pool ------------------------------------------------------------ */

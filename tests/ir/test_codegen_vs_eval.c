@@ -17,11 +17,12 @@
  * writes a harness main.c that creates the model with seed 1, calls entry
  * points on a fixed batch and writes the fetched tensors and then every
  * variable, raw, to out.bin. The harness is built as the user would build it
- * (cc -std=c99 -O2 -Wall -Wextra -Werror with the runtime's sources) and run.
+ * (cc -std=c99 -O2 -Wall -Wextra -Werror with the runtime's CPU sources) and run.
  * The interpreter (fl_eval_new(g, 1)) makes the same runs with the same feeds;
  * dropout masks and initial values come from the same Philox streams, so
- * every value must agree. MNIST softmax and the every-op graph are checked
- * both fused (the default) and with no_fuse (one kernel per node).
+ * every value must agree. The C is emitted as flowc build makes it
+ * (fl_simplify, then fused kernels); MNIST softmax and the every-op graph are
+ * also checked as -O0 makes it (neither: one kernel per node).
  *
  * Tolerance: generated code computes in float32 (sgemm, float kernels), the
  * interpreter in double. After a step or two of training, float values agree
@@ -34,7 +35,10 @@
  * by anything up to lr depending on that noise. Variables that Adam trains may
  * therefore have a few elements (at most 1 in 10^4, plus 2) off by up to
  * lr * steps more; their slots m and v, which carry the gradients linearly,
- * are held to the strict tolerance. */
+ * are held to the strict tolerance.
+ *
+ * FLOWC_TEST_VERBOSE=1 prints, per compared tensor, the largest difference
+ * and the share of the tolerance it takes. */
 #define ABS_TOL 1e-5
 #define REL_TOL 1e-4
 
@@ -386,11 +390,15 @@ static fl_value scalar(double x) {
   return v;
 }
 
-/* Emits the model's C into dir and writes main.c around `body`: the body sees
+/* Emits the model's C into dir from g (a second compile of the description,
+ * which this frees: simplification rewrites it, while the interpreter runs
+ * the graph as written) and writes main.c around `body`: the body sees
  * `m` (the model, seed 1), `x` and `y_` (the batch from batch.bin, n rows)
  * and put(ptr, bytes); after it, every variable is written. */
-static void emit_and_write_harness(const fl_graph *g, const char *dir, const char *prefix,
-                                   const batch *b, const char *body, bool fuse) {
+static void emit_and_write_harness(fl_graph *g, const char *dir, const char *prefix, const batch *b,
+                                   const char *body, bool fuse) {
+  /* as flowc build does: simplified and fused, or (-O0) neither */
+  if (fuse) fl_simplify(g);
   fl_codegen_options opt = {.name = prefix, .source_path = "t.flow", .with_main = false, .no_fuse = !fuse};
   cr_assert_eq(fl_emit_c(g, dir, &opt), 0, "fl_emit_c fails:\n%s", diag_text());
   buf h = {0};
@@ -433,16 +441,30 @@ static void emit_and_write_harness(const fl_graph *g, const char *dir, const cha
   memcpy(raw.text + sizeof(float) * (size_t)b->n * 784, b->labels, sizeof(float) * (size_t)b->n * 10);
   write_file(dir, "batch.bin", raw.text, sizeof(float) * (size_t)b->n * 794);
   free(raw.text);
+  fl_graph_free(g);
 }
+
+/* The runtime's CPU sources, from runtime/meson.build (tests/ir/meson.build
+ * passes them); runtime/ also holds sources for other targets. */
+#ifndef FLOWC_RT_SOURCES
+#define FLOWC_RT_SOURCES "arena.c batch.c checkpoint.c data.c download.c driver.c kernels.c rng.c"
+#endif
 
 /* Builds the harness as a user builds generated code, and runs it. */
 static void build_and_run(const char *dir, const char *prefix) {
   char *out;
   const char *src = env("FLOWC_SOURCE_ROOT");
+  buf runtime = {0};
+  bprintf(&runtime, "%s", "");
+  char names[] = FLOWC_RT_SOURCES;
+  for (char *name = strtok(names, " "); name; name = strtok(NULL, " "))
+    bprintf(&runtime, " '%s/runtime/%s'", src, name);
   int rc = run_command(&out,
-                       "cd '%s' && cc -std=c99 -O2 -Wall -Wextra -Werror -I. -I'%s/runtime' main.c %s.c "
-                       "'%s'/runtime/*.c $(pkg-config --cflags --libs openblas) -lz -lcurl -lm -o harness",
-                       dir, src, prefix, src);
+                       "cd '%s' && cc -std=c99 -O2 -Wall -Wextra -Werror -I. -I'%s/runtime' main.c %s.c%s "
+                       "$(pkg-config --cflags --libs openblas) -lz -lcurl -lm -o harness",
+                       dir, src, prefix, runtime.text);
+  free(runtime.text);
+  if (rc != 0 && strlen(out) > 3000) strcpy(out + 2980, "\n[...]"); /* the first errors tell */
   cr_assert_eq(rc, 0, "the generated code does not compile (%d):\n%s", rc, out);
   free(out);
   rc = run_command(&out, "cd '%s' && ./harness batch.bin out.bin", dir);
@@ -458,7 +480,7 @@ static void mnist_softmax_case(bool fuse) {
   scratch(fuse ? "mnist_softmax" : "mnist_softmax_unfused", dir, sizeof dir);
   batch *b = malloc(sizeof *b);
   make_batch(b, 3, 42);
-  emit_and_write_harness(g, dir, "mnist_softmax", b,
+  emit_and_write_harness(compile_example("mnist_softmax"), dir, "mnist_softmax", b,
                          "  float ce, acc, acc_after;\n"
                          "  check(m, mnist_softmax_train_step(m, n, x, y_, &ce, &acc));\n"
                          "  put(&ce, sizeof ce);\n  put(&acc, sizeof acc);\n"
@@ -504,7 +526,7 @@ static void mnist_deep_case(bool fuse) {
   make_batch(b, 3, 7);
   /* keep_prob 1 (a mask of ones), then 0.5: the masks are drawn from the
    * same streams and the same run counter on both sides. */
-  emit_and_write_harness(g, dir, "mnist_deep", b,
+  emit_and_write_harness(compile_example("mnist_deep"), dir, "mnist_deep", b,
                          "  float ce, acc;\n"
                          "  check(m, mnist_deep_train_step(m, n, x, y_, 1.0f, &ce, &acc));\n"
                          "  put(&ce, sizeof ce);\n  put(&acc, sizeof acc);\n"
@@ -606,7 +628,7 @@ static void every_op_case(bool fuse) {
   batch *b = malloc(sizeof *b);
   make_batch(b, 3, 99);
   emit_and_write_harness(
-      g, dir, "every_op", b,
+      compile_text(every_op_text), dir, "every_op", b,
       "  int64_t am[3];\n  bool eq[3];\n  int32_t ci[30], ri[3], idiv[30];\n  bool cb[30];\n"
       "  float probs[30], c2[3 * 3 * 3 * 6], p2[3 * 6], v[15], w[15];\n"
       "  check(m, every_op_am_eq_ci_ri_idiv_cb_probs_c2_p2_v_w(m, n, x, y_, 1.0f, am, eq, ci, ri, idiv, cb,\n"
@@ -651,16 +673,21 @@ Test(codegen_vs_eval, every_op_unfused) { every_op_case(false); }
 
 /* ---- focused cases ----------------------------------------------------------------------------- */
 
-/* Builds a small description whose entries take no feeds, runs `body` in the
- * harness and the interpreter's runs, and compares. */
+/* The batch of the current small case (two rows), for cases that feed it. */
+static batch *small_batch;
+
+/* Builds a small description as flowc build does, runs `body` in the harness
+ * and `interpret`'s runs in the interpreter, and compares their outputs and
+ * then every variable. */
 static void small_case(const char *name, const char *text, const char *body,
                        void (*interpret)(const fl_graph *g, fl_eval *ev, layout *l)) {
   fl_graph *g = compile_text(text);
   char dir[4096];
   scratch(name, dir, sizeof dir);
   batch *b = calloc(1, sizeof *b);
-  b->n = 1;
-  emit_and_write_harness(g, dir, name, b, body, true);
+  make_batch(b, 2, 5);
+  small_batch = b;
+  emit_and_write_harness(compile_text(text), dir, name, b, body, true);
   build_and_run(dir, name);
   fl_eval *ev = fl_eval_new(g, 1);
   cr_assert(ev, "%s", diag_text());
@@ -747,6 +774,137 @@ Test(codegen_vs_eval, reshape_of_variable_reads_before_updates) {
              assign_order_interpret);
 }
 
+/* Simplification must not change what an update reads: w * 1.0 is w's value
+ * from before this run's updates, not w itself (which s1 has changed by the
+ * time s2 copies it). */
+static void identity_fold_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int fetches[3] = {node(g, "s1"), node(g, "s2"), node(g, "v")};
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){NULL, NULL, "v before the run"}, 3, l);
+  cr_assert_eq(fl_eval_variable(ev, node(g, "v"))->data[1], 2.0, "the interpreter's v after the run");
+}
+
+Test(codegen_vs_eval, multiply_by_one_reads_before_updates) {
+  small_case("identity_fold",
+             "w = variable(constant([1.0, 2.0]))\n"
+             "v = variable(zeros([2]))\n"
+             "s1 = assign(w, w + 1.0)\n"
+             "s2 = assign(v, w * 1.0)\n"
+             "train {\n  steps = 1\n  run s1, s2, v\n}\n",
+             "  float v[2];\n  check(m, identity_fold_s1_s2(m, v));\n  put(v, sizeof v);\n",
+             identity_fold_interpret);
+}
+
+/* The same in training: the gradient of a * b with respect to a is b (times
+ * a fill of ones that simplification drops). Both updates must use the
+ * values from before the step: a = 2 - 0.1 * 3, b = 3 - 0.1 * 2. */
+static void scalar_product_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int fetches[2] = {node(g, "loss"), node(g, "train")};
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss", NULL}, 2, l);
+  cr_assert_float_eq(fl_eval_variable(ev, node(g, "b"))->data[0], 2.8, 1e-12, "the interpreter's b");
+}
+
+Test(codegen_vs_eval, scalar_product_training) {
+  small_case("scalar_product",
+             "a = variable(2.0)\n"
+             "b = variable(3.0)\n"
+             "loss = a * b\n"
+             "train = gradient_descent(0.1).minimize(loss)\n"
+             "train {\n  steps = 1\n  run train\n}\n",
+             "  float loss;\n  check(m, scalar_product_train(m, &loss));\n  put(&loss, sizeof loss);\n",
+             scalar_product_interpret);
+}
+
+/* Side effects run in node order (eval.c's phase 2): `reset` (written before
+ * the optimizer was lowered) sets W, then the SGD step moves it by the
+ * gradient at the old W: W = [5, 5] - 0.1 * [2, 4]. */
+static void assign_then_update_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int fetches[3] = {node(g, "loss"), node(g, "reset"), node(g, "train")};
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss", NULL, NULL}, 3, l);
+  cr_assert_float_eq(fl_eval_variable(ev, node(g, "W"))->data[0], 4.8, 1e-12, "the interpreter's W");
+}
+
+Test(codegen_vs_eval, assign_and_update_in_one_run) {
+  small_case("assign_then_update",
+             "W = variable(constant([1.0, 2.0]))\n"
+             "loss = reduce_sum(W * W)\n"
+             "train = gradient_descent(0.1).minimize(loss)\n"
+             "reset = assign(W, constant([5.0, 5.0]))\n"
+             "train {\n  steps = 1\n  run reset, train\n}\n",
+             "  float loss;\n  check(m, assign_then_update_reset_train(m, &loss));\n  put(&loss, sizeof loss);\n",
+             assign_then_update_interpret);
+}
+
+/* Fusion: an elementwise tree with more than 16 inputs (a sum of 20
+ * variables). */
+static void wide_tree_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int total = node(g, "total");
+  eval_run(ev, NULL, 0, &total, (const char *const[]){"total"}, 1, l);
+}
+
+Test(codegen_vs_eval, elementwise_tree_with_20_inputs) {
+  buf text = {0};
+  for (int i = 0; i < 20; i++) bprintf(&text, "a%d = variable(random_normal([2, 3]))\n", i);
+  bprintf(&text, "total = a0");
+  for (int i = 1; i < 20; i++) bprintf(&text, " + a%d", i);
+  bprintf(&text, "\ntrain {\n  steps = 1\n  print \"{total}\"\n}\n");
+  small_case("wide_tree", text.text,
+             "  float total[6];\n  check(m, wide_tree_total(m, total));\n  put(total, sizeof total);\n",
+             wide_tree_interpret);
+  free(text.text);
+}
+
+/* Fusion: a deep tree whose C expression repeats its operand (relu writes it
+ * twice, so 12 nested relus write x 4096 times). */
+static void deep_tree_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int deep = node(g, "deep");
+  eval_run(ev, NULL, 0, &deep, (const char *const[]){"deep"}, 1, l);
+}
+
+Test(codegen_vs_eval, deep_elementwise_tree) {
+  buf text = {0};
+  bprintf(&text, "a = variable(random_normal([2, 3]))\nb = variable(random_normal([2, 3]))\ndeep = ");
+  for (int i = 0; i < 12; i++) bprintf(&text, "relu(");
+  bprintf(&text, "a * 2.0 - b");
+  for (int i = 0; i < 12; i++) bprintf(&text, ")");
+  bprintf(&text, "\ntrain {\n  steps = 1\n  print \"{deep}\"\n}\n");
+  small_case("deep_tree", text.text,
+             "  float deep[6];\n  check(m, deep_tree_deep(m, deep));\n  put(deep, sizeof deep);\n",
+             deep_tree_interpret);
+  free(text.text);
+}
+
+/* Fusion: GEMM epilogues with transposed operands, the bias on either side,
+ * with and without relu, and conv2d VALID stride 2; a [1, K] bias is not an
+ * epilogue but plain broadcasting. */
+static void epilogues_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  static const char *const names[] = {"e1", "e2", "e3", "e4", "e5"};
+  int fetches[5];
+  for (int i = 0; i < 5; i++) fetches[i] = node(g, names[i]);
+  eval_run(ev, NULL, 0, fetches, names, 5, l);
+}
+
+Test(codegen_vs_eval, gemm_epilogues) {
+  small_case("epilogues",
+             "A = variable(random_normal([4, 3]))\n"
+             "B = variable(random_normal([5, 4]))\n"
+             "b5 = variable(random_normal([5]))\n"
+             "b3 = variable(random_normal([3]))\n"
+             "r = variable(random_normal([1, 5]))\n"
+             "e1 = matmul(A, B, transpose_a=true, transpose_b=true) + b5\n"
+             "e2 = relu(b3 + matmul(B, A))\n"
+             "e3 = relu(matmul(A, B, transpose_a=true, transpose_b=true) + r)\n"
+             "x = variable(random_normal([2, 7, 7, 3]))\n"
+             "k = variable(random_normal([3, 3, 3, 5]))\n"
+             "e4 = relu(conv2d(x, k, strides=[1, 2, 2, 1], padding=\"VALID\") + b5)\n"
+             "e5 = conv2d(x, k, strides=[1, 1, 1, 1], padding=\"SAME\") + b5\n"
+             "train {\n  steps = 1\n  print \"{e1} {e2} {e3} {e4} {e5}\"\n}\n",
+             "  float e1[15], e2[15], e3[15], e4[2 * 3 * 3 * 5], e5[2 * 7 * 7 * 5];\n"
+             "  check(m, epilogues_e1_e2_e3_e4_e5(m, e1, e2, e3, e4, e5));\n"
+             "  put(e1, sizeof e1);\n  put(e2, sizeof e2);\n  put(e3, sizeof e3);\n  put(e4, sizeof e4);\n"
+             "  put(e5, sizeof e5);\n",
+             epilogues_interpret);
+}
+
 /* A variable that a run only writes (never reads) is still valid C under
  * -Wall -Werror. */
 static void write_only_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
@@ -785,23 +943,28 @@ Test(codegen_vs_eval, assigns_and_counters) {
              assigns_interpret);
 }
 
-/* Feeds are parameters of the entry: their C names must not clash with the
- * model parameter `m` or with C keywords. */
+/* Feeds and symbols are parameters of the entry: their C names must not
+ * clash with the model parameter `m` or with C keywords. */
 static void feed_names_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
-  feed feeds[2] = {{node(g, "m"), scalar(2.0)}, {node(g, "double"), scalar(3.0)}};
-  int up = node(g, "up");
-  eval_run(ev, feeds, 2, &up, (const char *const[]){NULL}, 1, l);
-  fl_value_free(&feeds[0].value);
-  fl_value_free(&feeds[1].value);
+  feed feeds[4] = {{node(g, "m"), scalar(2.0)},
+                   {node(g, "double"), scalar(3.0)},
+                   {node(g, "x"), batch_x(small_batch)},
+                   {node(g, "y_"), batch_labels(small_batch)}};
+  int fetches[2] = {node(g, "up"), node(g, "s")};
+  eval_run(ev, feeds, 4, fetches, (const char *const[]){NULL, "s"}, 2, l);
+  for (int i = 0; i < 4; i++) fl_value_free(&feeds[i].value);
 }
 
 Test(codegen_vs_eval, feed_names_that_are_c_names) {
   small_case("feed_names",
+             "x = placeholder(f32, [m, 784])\n"
+             "y_ = placeholder(f32, [m, 10])\n"
              "m = placeholder(f32)\n"
              "double = placeholder(f32)\n"
              "v = variable(zeros([2]))\n"
-             "up = assign(v, v + m * double)\n"
-             "train {\n  steps = 1\n  run up with m = 2.0, double = 3.0\n}\n",
-             "  check(m, feed_names_up(m, 2.0f, 3.0f));\n",
+             "s = reduce_sum(x) + reduce_mean(y_)\n"
+             "up = assign(v, v + m * double + s)\n"
+             "train {\n  data = mnist(\"MNIST_data\")\n  steps = 1\n  run up, s with m = 2.0, double = 3.0\n}\n",
+             "  float s;\n  check(m, feed_names_up(m, n, x, y_, 2.0f, 3.0f, &s));\n  put(&s, sizeof s);\n",
              feed_names_interpret);
 }
