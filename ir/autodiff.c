@@ -358,6 +358,14 @@ static int lower_minimize(fl_graph *g, int minimize) {
       fl_node_set_name(g, beta2_power, "beta2_power");
     }
   }
+  bool any_gradient = false;
+  for (int i = 0; i < nvars && status == 0; i++) any_gradient |= grads[i] >= 0;
+  if (status == 0 && !any_gradient) {
+    /* TensorFlow's "No gradients provided for any variable" */
+    fl_error(m.loc, "minimize: no gradient reaches any trainable variable: the loss depends on them only "
+                    "through argmax, equal or a cast to an integer or bool");
+    status = -1;
+  }
   fl_attrs attr = m.attr;
   attr.init = -1;
   for (int i = 0; i < nvars && status == 0; i++) {
