@@ -401,6 +401,20 @@ bool kernel_needs_scratch(fl_op op) {
   return op == FL_OP_CONV2D || op == FL_OP_CONV2D_GRAD_INPUT || op == FL_OP_CONV2D_GRAD_FILTER;
 }
 
+/* The symbols a kernel takes, as parameters (type "int64_t ") or arguments
+ * (type ""), after `more` earlier ones; returns how many it wrote. */
+static int emit_sym_list(const fl_graph *g, const bool *uses, bool more, const char *type, strbuf *sb) {
+  int count = 0;
+  for (int s = 0; s < g->nsyms && s < 64; s++)
+    if (uses[s]) {
+      char name[64];
+      fl_sym_c_name(g, s, name, sizeof name);
+      sb_printf(sb, "%s%s%s", more || count ? ", " : "", type, name);
+      count++;
+    }
+  return count;
+}
+
 /* Names of a kernel's parameters, in order, for the definition and the call. */
 static const char *const adam_names[] = {"var", "m", "v", "grad", "beta1_power", "beta2_power"};
 static const char *const momentum_names[] = {"var", "accum", "grad"};
@@ -455,12 +469,7 @@ void emit_kernel(const fl_graph *g, int id, strbuf *sb) {
   if (n->op == FL_OP_DROPOUT_MASK) sb_printf(sb, "%suint64_t seed, uint64_t run", nparams++ ? ", " : "");
   bool uses[64];
   emit_node_syms(g, n, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char name[64];
-      fl_sym_c_name(g, s, name, sizeof name);
-      sb_printf(sb, "%sint64_t %s", nparams++ ? ", " : "", name);
-    }
+  nparams += emit_sym_list(g, uses, nparams > 0, "int64_t ", sb);
   if (!nparams) sb_printf(sb, "void");
   sb_printf(sb, ") {\n");
 
@@ -485,12 +494,7 @@ void emit_kernel_call(const fl_graph *g, int id, const char *const *buffers,
   if (n->op == FL_OP_DROPOUT_MASK) sb_printf(sb, "%sm->seed, m->dropout_runs", nargs++ ? ", " : "");
   bool uses[64];
   emit_node_syms(g, n, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char name[64];
-      fl_sym_c_name(g, s, name, sizeof name);
-      sb_printf(sb, "%s%s", nargs++ ? ", " : "", name);
-    }
+  emit_sym_list(g, uses, nargs > 0, "", sb);
   sb_printf(sb, ");\n");
 }
 
@@ -705,12 +709,7 @@ void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname
   if (group_needs_scratch(g, grp)) sb_printf(sb, "%sfloat *restrict scratch", nparams++ ? ", " : "");
   bool uses[64];
   group_syms(g, grp, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char name[64];
-      fl_sym_c_name(g, s, name, sizeof name);
-      sb_printf(sb, "%sint64_t %s", nparams++ ? ", " : "", name);
-    }
+  nparams += emit_sym_list(g, uses, nparams > 0, "int64_t ", sb);
   if (!nparams) sb_printf(sb, "void");
   sb_printf(sb, ") {\n");
   switch (grp->kind) {
@@ -734,12 +733,7 @@ void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, 
   if (group_needs_scratch(g, grp)) sb_printf(sb, "%s%s", nargs++ ? ", " : "", scratch);
   bool uses[64];
   group_syms(g, grp, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char name[64];
-      fl_sym_c_name(g, s, name, sizeof name);
-      sb_printf(sb, "%s%s", nargs++ ? ", " : "", name);
-    }
+  emit_sym_list(g, uses, nargs > 0, "", sb);
   sb_printf(sb, ");\n");
 }
 

@@ -204,11 +204,20 @@ size_t flrt_conv2d_scratch(const flrt_window *w) {
   return (size_t)(flrt_conv2d_chunk(w) * w->out_h * w->out_w * window_cols(w));
 }
 
-/* The window of images [first, first + count) of w's batch. */
-static flrt_window chunk_of(const flrt_window *w, int64_t count) {
-  flrt_window part = *w;
-  part.batch = count;
-  return part;
+/* One chunk of a window's batch: images [first, first + part.batch). */
+typedef struct {
+  int64_t first, size;
+  flrt_window part;
+} conv_chunk;
+
+/* Steps c to the next chunk of w's batch (start from a zeroed conv_chunk). */
+static bool next_chunk(const flrt_window *w, conv_chunk *c) {
+  if (c->size == 0) c->size = flrt_conv2d_chunk(w);
+  else c->first += c->size;
+  if (c->first >= w->batch) return false;
+  c->part = *w;
+  c->part.batch = w->batch - c->first < c->size ? w->batch - c->first : c->size;
+  return true;
 }
 
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
@@ -220,13 +229,11 @@ void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const floa
     return;
   }
   /* out (P x O) = cols (P x K) @ filter (K x O): HWIO is already K x O. */
-  const int64_t chunk = flrt_conv2d_chunk(w), image_in = w->in_h * w->in_w * w->in_c;
-  const int64_t image_rows = w->out_h * w->out_w;
-  for (int64_t first = 0; first < w->batch; first += chunk) {
-    const int64_t count = w->batch - first < chunk ? w->batch - first : chunk;
-    const flrt_window part = chunk_of(w, count);
-    flrt_im2col(&part, x + first * image_in, cols);
-    gemm(false, false, count * image_rows, O, K, cols, K, filter, O, out + first * image_rows * O, O, false);
+  const int64_t image_in = w->in_h * w->in_w * w->in_c, image_rows = w->out_h * w->out_w;
+  for (conv_chunk c = {0}; next_chunk(w, &c);) {
+    flrt_im2col(&c.part, x + c.first * image_in, cols);
+    gemm(false, false, c.part.batch * image_rows, O, K, cols, K, filter, O, out + c.first * image_rows * O, O,
+         false);
   }
 }
 
@@ -244,13 +251,10 @@ void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy
   }
   /* dcols (P x K) = dy (P x O) @ filter^T (O x K), then scatter back, a chunk
    * of images at a time (col2im zeroes its chunk of dx first). */
-  const int64_t chunk = flrt_conv2d_chunk(w), image_in = w->in_h * w->in_w * w->in_c;
-  const int64_t image_rows = w->out_h * w->out_w;
-  for (int64_t first = 0; first < w->batch; first += chunk) {
-    const int64_t count = w->batch - first < chunk ? w->batch - first : chunk;
-    const flrt_window part = chunk_of(w, count);
-    gemm(false, true, count * image_rows, K, O, dy + first * image_rows * O, O, filter, O, cols, K, false);
-    flrt_col2im(&part, cols, dx + first * image_in);
+  const int64_t image_in = w->in_h * w->in_w * w->in_c, image_rows = w->out_h * w->out_w;
+  for (conv_chunk c = {0}; next_chunk(w, &c);) {
+    gemm(false, true, c.part.batch * image_rows, K, O, dy + c.first * image_rows * O, O, filter, O, cols, K, false);
+    flrt_col2im(&c.part, cols, dx + c.first * image_in);
   }
 }
 
@@ -263,13 +267,11 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
     return;
   }
   /* dfilter (K x O) = sum over chunks of cols^T (K x rows) @ dy (rows x O). */
-  const int64_t chunk = flrt_conv2d_chunk(w), image_in = w->in_h * w->in_w * w->in_c;
-  const int64_t image_rows = w->out_h * w->out_w;
-  for (int64_t first = 0; first < w->batch; first += chunk) {
-    const int64_t count = w->batch - first < chunk ? w->batch - first : chunk;
-    const flrt_window part = chunk_of(w, count);
-    flrt_im2col(&part, x + first * image_in, cols);
-    gemm(true, false, K, O, count * image_rows, cols, K, dy + first * image_rows * O, O, dfilter, O, first > 0);
+  const int64_t image_in = w->in_h * w->in_w * w->in_c, image_rows = w->out_h * w->out_w;
+  for (conv_chunk c = {0}; next_chunk(w, &c);) {
+    flrt_im2col(&c.part, x + c.first * image_in, cols);
+    gemm(true, false, K, O, c.part.batch * image_rows, cols, K, dy + c.first * image_rows * O, O, dfilter, O,
+         c.first > 0);
   }
 }
 

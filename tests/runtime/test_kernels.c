@@ -480,3 +480,32 @@ Test(print_tensor, large_is_summarised) {
   free(s);
   free(v);
 }
+
+/* A batch larger than one im2col chunk: Deep MNIST's second layer at batch 13
+ * runs in chunks of 6, 6 and 1 images; each product must still equal the
+ * whole-batch definition (grad_filter sums over the chunks). */
+Test(conv2d, batches_split_into_chunks_match_naive, .timeout = 120) {
+  lcg_state = 7;
+  flrt_window w;
+  flrt_window_init(&w, 13, 14, 14, 32, 5, 5, 1, 1, true);
+  const int64_t O = 8;
+  cr_assert(flrt_conv2d_chunk(&w) > 1 && flrt_conv2d_chunk(&w) < 13, "chunk %lld should split batch 13",
+            (long long)flrt_conv2d_chunk(&w));
+  float *x = random_floats(image_size(&w)), *f = random_floats(filter_size(&w, O));
+  float *dy = random_floats(out_size(&w, O)), *y = random_floats(out_size(&w, O));
+  float *dx = random_floats(image_size(&w)), *df = random_floats(filter_size(&w, O));
+  float *cols = random_floats(flrt_conv2d_scratch(&w));
+  double *want_y = malloc(out_size(&w, O) * sizeof(double));
+  double *want_dx = malloc(image_size(&w) * sizeof(double));
+  double *want_df = malloc(filter_size(&w, O) * sizeof(double));
+  flrt_conv2d(&w, O, x, f, y, cols);
+  flrt_conv2d_grad_input(&w, O, dy, f, dx, cols);
+  flrt_conv2d_grad_filter(&w, O, x, dy, df, cols);
+  naive_conv(FWD, &w, O, x, f, dy, want_y);
+  naive_conv(GRAD_INPUT, &w, O, x, f, dy, want_dx);
+  naive_conv(GRAD_FILTER, &w, O, x, f, dy, want_df);
+  assert_close(y, want_y, out_size(&w, O), 1e-4, "conv2d");
+  assert_close(dx, want_dx, image_size(&w), 1e-4, "grad_input");
+  assert_close(df, want_df, filter_size(&w, O), 1e-4, "grad_filter");
+  free(x), free(f), free(dy), free(y), free(dx), free(df), free(cols), free(want_y), free(want_dx), free(want_df);
+}
