@@ -16,6 +16,13 @@ typedef struct {
  * Returns 0, or -1 after reporting an error through fl_error. */
 int fl_emit_c(const fl_graph *g, const char *dir, const fl_codegen_options *opt);
 
+/* The CUDA backend (emit_cuda.c): writes NAME.h (the API of fl_emit_c's, the
+ * same entries and parameters), NAME_cuda.c (host code over the runtime's
+ * flowc_rt_cuda.h: driver API, NVRTC, cuBLAS, CUDA graphs), NAME_kernels.cu
+ * (a CUDA kernel per fusion group, each with a comment naming its nodes) and
+ * (with_main) main.c into dir. Returns 0, or -1 after reporting an error. */
+int fl_emit_cuda(const fl_graph *g, const char *dir, const fl_codegen_options *opt);
+
 /* Prints each entry the train block asks for, with its fusion groups in run
  * order (flowc dump --after fusion). */
 int fl_dump_fusion(const fl_graph *g, FILE *out);
@@ -57,6 +64,8 @@ typedef struct {
   int *kind;            /* how the node is computed (emit_infer.c's infer_kind) */
   int *alias;           /* the node whose buffer it shares, or -1 */
   int64_t *offset;      /* an arena node's offset in its pool, in elements */
+  int *bias;            /* a conv2d or matmul's fused bias (the add that read it), or -1 */
+  bool *relu;           /* ... and whether the relu after that add is fused too */
   int64_t pool_elems[FL_DTYPE_COUNT]; /* size of each dtype's pool, in elements */
 } fl_infer_plan;
 

@@ -162,17 +162,74 @@ static int64_t place(live_slice *alive, int *nalive, int64_t size, int at, int64
   return best;
 }
 
+/* Folds `relu(conv2d(x, w) + b)` (and matmul's same pattern) into the conv or
+ * matmul kernel: the add and the relu become aliases of its buffer, which
+ * saves two passes over the tensor and, more to the point on a
+ * microcontroller, two tensors' worth of arena. Only when the conv's sole
+ * reader is the add of a bias along the last axis, and the add's sole reader
+ * the relu. The sum is formed as before (products first, then the bias), so
+ * the values do not change. */
+static void fuse_epilogues(const fl_graph *g, const fl_infer_options *opt, fl_infer_plan *plan) {
+  int n = opt->entry + 1;
+  int *readers = infer_calloc((size_t)n, sizeof(int)), *reader = infer_calloc((size_t)n, sizeof(int));
+  for (int k = 0; k < n; k++) {
+    const fl_node *nd = &g->nodes[k];
+    if (plan->kind[k] == IK_KERNEL)
+      for (int i = 0; i < nd->ninputs; i++) {
+        readers[nd->inputs[i]]++;
+        reader[nd->inputs[i]] = k;
+      }
+    else if (plan->kind[k] == IK_ALIAS) {
+      readers[plan->alias[k]]++;
+      reader[plan->alias[k]] = k;
+    }
+  }
+  readers[opt->entry]++; /* the caller reads the entry */
+  reader[opt->entry] = -1;
+  for (int j = 0; j < n; j++) {
+    const fl_node *nd = &g->nodes[j];
+    if (plan->kind[j] != IK_KERNEL || nd->dtype != FL_F32 ||
+        !(nd->op == FL_OP_CONV2D || nd->op == FL_OP_MATMUL) || readers[j] != 1 || reader[j] < 0)
+      continue;
+    const fl_node *add = &g->nodes[reader[j]];
+    if (add->op != FL_OP_ADD || plan->kind[add->id] != IK_KERNEL || add->ninputs != 2 ||
+        add->inputs[0] == add->inputs[1] || !fl_shape_eq(&add->shape, &nd->shape))
+      continue;
+    int bias = add->inputs[add->inputs[0] == j ? 1 : 0];
+    const fl_shape *bs = &g->nodes[bias].shape;
+    const fl_dim last = nd->shape.dims[nd->shape.rank - 1];
+    if (g->nodes[bias].dtype != FL_F32 || bs->rank != 1 || !fl_dim_is_const(last) || !fl_dim_eq(bs->dims[0], last))
+      continue;
+    plan->bias[j] = bias;
+    plan->kind[add->id] = IK_ALIAS;
+    plan->alias[add->id] = j;
+    if (readers[add->id] == 1 && reader[add->id] >= 0) {
+      const fl_node *relu = &g->nodes[reader[add->id]];
+      if (relu->op == FL_OP_RELU && plan->kind[relu->id] == IK_KERNEL) {
+        plan->relu[j] = true;
+        plan->kind[relu->id] = IK_ALIAS;
+        plan->alias[relu->id] = j;
+      }
+    }
+  }
+  free(readers);
+  free(reader);
+}
+
 int fl_infer_plan_make(const fl_graph *g, const fl_infer_options *opt, fl_infer_plan *plan) {
   memset(plan, 0, sizeof *plan);
   int n = g->nnodes;
   plan->kind = infer_calloc((size_t)n, sizeof(int));
   plan->alias = infer_calloc((size_t)n, sizeof(int));
   plan->offset = infer_calloc((size_t)n, sizeof(int64_t));
+  plan->bias = infer_calloc((size_t)n, sizeof(int));
+  plan->relu = infer_calloc((size_t)n, sizeof(bool));
   plan->inputs = infer_calloc((size_t)n, sizeof(int));
   plan->variables = infer_calloc((size_t)n, sizeof(int));
   for (int i = 0; i < n; i++) {
     plan->alias[i] = -1;
     plan->offset[i] = -1;
+    plan->bias[i] = -1;
   }
   if (opt->entry < 0 || opt->entry >= n) {
     fl_error(nowhere(), "no tensor to compute");
@@ -238,8 +295,10 @@ int fl_infer_plan_make(const fl_graph *g, const fl_infer_options *opt, fl_infer_
         break;
       }
       if (fl_op_has_side_effect(nd->op)) {
+        bool train_op = nd->op != FL_OP_ASSIGN;
         fl_error(nd->loc, "%s %s: inference computes tensors; it cannot run %s",
-                 i == opt->entry ? "--infer" : "the entry depends on", label, fl_op_name(nd->op));
+                 i == opt->entry ? "--infer" : "the entry depends on", label,
+                 train_op ? "a train op" : "an assignment");
         status = -1;
         break;
       }
@@ -273,13 +332,17 @@ int fl_infer_plan_make(const fl_graph *g, const fl_infer_options *opt, fl_infer_
   free(fixed);
   if (status) return -1;
 
+  fuse_epilogues(g, opt, plan);
+
   /* Lifetimes: a tensor is last used by the last kernel that reads it. */
   int64_t *last_use = infer_calloc((size_t)n, sizeof(int64_t));
   for (int i = 0; i < n; i++) last_use[i] = -1;
   for (int j = 0; j <= opt->entry; j++) {
     if (plan->kind[j] != IK_KERNEL) continue;
-    for (int k = 0; k < g->nodes[j].ninputs; k++) {
-      int r = resolve(plan, g->nodes[j].inputs[k]);
+    for (int k = 0; k <= g->nodes[j].ninputs; k++) {
+      int in = k < g->nodes[j].ninputs ? g->nodes[j].inputs[k] : plan->bias[j];
+      if (in < 0) continue;
+      int r = resolve(plan, in);
       if (last_use[r] < j) last_use[r] = j;
     }
   }
@@ -311,22 +374,24 @@ void fl_infer_plan_free(fl_infer_plan *plan) {
   free(plan->kind);
   free(plan->alias);
   free(plan->offset);
+  free(plan->bias);
+  free(plan->relu);
   memset(plan, 0, sizeof *plan);
 }
 
 /* ---- names ------------------------------------------------------------------ */
 
-/* Identifiers the generated file uses itself, or that the headers it includes
- * may define: a weight or a parameter with such a name gets a prefix. */
+/* Identifiers the generated file uses at file scope or in the entry function,
+ * or that the headers it includes may define: a weight or a parameter with
+ * such a name gets a prefix. (Names local to a kernel may shadow a weight
+ * harmlessly: kernels see only their parameters.) */
 static const char *const reserved_names[] = {
     "auto", "break", "case", "char", "const", "continue", "default", "do", "double", "else",
     "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long", "register",
     "restrict", "return", "short", "signed", "sizeof", "static", "struct", "switch", "typedef",
     "union", "unsigned", "void", "volatile", "while", "bool", "true", "false", "NULL",
     "expf", "logf", "sqrtf", "tanhf", "exp", "log", "sqrt", "tanh", "memset", "memcpy",
-    "memmove", "INFINITY", "NAN", "in0", "in1", "in2", "out", "i", "j", "p", "o", "n", "c",
-    "oc", "oh", "ow", "kh", "kw", "ih", "iw", "r", "a", "b", "px", "f", "max", "sum", "inv",
-    "z", "e", "best", "total", "scale", "inner", "len", "classes", "v", "k", "main"};
+    "memmove", "INFINITY", "NAN", "main"};
 
 static bool is_reserved(const char *name) {
   for (size_t i = 0; i < sizeof reserved_names / sizeof reserved_names[0]; i++)
@@ -444,23 +509,47 @@ static int64_t pad_before(fl_padding padding, int64_t in, int64_t out, int64_t k
   return total > 0 ? total / 2 : 0;
 }
 
-static void kernel_head(const fl_graph *g, int id, int ninputs, strbuf *sb) {
+/* What a conv or matmul kernel does after its sums: add the fused bias, then
+ * the fused relu, over `count` elements at `at`. */
+typedef struct {
+  bool bias, relu;
+} epilogue;
+
+static epilogue epilogue_of(const fl_infer_plan *plan, int id) {
+  return (epilogue){plan->bias[id] >= 0, plan->relu[id]};
+}
+
+static void emit_epilogue(epilogue e, const char *at, int64_t count, const char *indent, strbuf *sb) {
+  if (!e.bias && !e.relu) return;
+  sb_printf(sb, "%sfor (int oc = 0; oc < %lld; oc++) {\n", indent, (long long)count);
+  sb_printf(sb, "%s  const float v = %s[oc]%s;\n", indent, at, e.bias ? " + bias[oc]" : "");
+  sb_printf(sb, "%s  %s[oc] = %s;\n%s}\n", indent, at, e.relu ? "v > 0.0f ? v : 0.0f" : "v", indent);
+}
+
+static void kernel_head(const fl_graph *g, const fl_infer_plan *plan, int id, int ninputs, strbuf *sb) {
   char fname[192];
   kernel_function_name(g, id, fname, sizeof fname);
   emit_node_comment(g, &g->nodes[id], sb);
+  /* the fused nodes: the add of the bias and the relu (aliases of this kernel's buffer) */
+  for (int k = id + 1; k < g->nnodes; k++)
+    if (plan->kind[k] == IK_ALIAS && plan->alias[k] == id && (g->nodes[k].op == FL_OP_ADD || g->nodes[k].op == FL_OP_RELU)) {
+      sb_printf(sb, "/*   fused: */ ");
+      emit_node_comment(g, &g->nodes[k], sb);
+    }
   sb_printf(sb, "static void %s(", fname);
   for (int i = 0; i < ninputs; i++) sb_printf(sb, "const float *restrict in%d, ", i);
+  if (plan->bias[id] >= 0) sb_printf(sb, "const float *restrict bias, ");
   sb_printf(sb, "float *restrict out) {\n");
 }
 
-static void emit_conv2d(const fl_graph *g, const fl_node *n, int64_t batch, strbuf *sb) {
+static void emit_conv2d(const fl_graph *g, const fl_infer_plan *plan, const fl_node *n, int64_t batch, strbuf *sb) {
   const fl_shape *x = &g->nodes[n->inputs[0]].shape, *w = &g->nodes[n->inputs[1]].shape;
   int64_t B = dim(x, 0, batch), H = dim(x, 1, batch), W = dim(x, 2, batch), C = dim(x, 3, batch);
   int64_t KH = dim(w, 0, batch), KW = dim(w, 1, batch), OC = dim(w, 3, batch);
   int64_t OH = dim(&n->shape, 1, batch), OW = dim(&n->shape, 2, batch);
   int64_t SH = n->attr.strides[0], SW = n->attr.strides[1];
   int64_t PT = pad_before(n->attr.padding, H, OH, KH, SH), PL = pad_before(n->attr.padding, W, OW, KW, SW);
-  kernel_head(g, n->id, 2, sb);
+  kernel_head(g, plan, n->id, 2, sb);
   sb_printf(sb, "  /* x [%lld, %lld, %lld, %lld] (NHWC) * filter [%lld, %lld, %lld, %lld] (HWIO), stride %lldx%lld,\n"
                 "   * padding %lld above and %lld left: each output pixel's channels accumulate\n"
                 "   * filter rows, which are contiguous. */\n",
@@ -485,17 +574,19 @@ static void emit_conv2d(const fl_graph *g, const fl_node *n, int64_t batch, strb
   sb_printf(sb, "            for (int c = 0; c < %lld; c++)\n              for (int oc = 0; oc < %lld; oc++)\n"
                 "                o[oc] += px[c] * f[c * %lld + oc];\n",
             (long long)C, (long long)OC, (long long)OC);
-  sb_printf(sb, "          }\n        }\n      }\n}\n\n");
+  sb_printf(sb, "          }\n        }\n");
+  emit_epilogue(epilogue_of(plan, n->id), "o", OC, "        ", sb);
+  sb_printf(sb, "      }\n}\n\n");
 }
 
-static void emit_max_pool(const fl_graph *g, const fl_node *n, int64_t batch, strbuf *sb) {
+static void emit_max_pool(const fl_graph *g, const fl_infer_plan *plan, const fl_node *n, int64_t batch, strbuf *sb) {
   const fl_shape *x = &g->nodes[n->inputs[0]].shape;
   int64_t B = dim(x, 0, batch), H = dim(x, 1, batch), W = dim(x, 2, batch), C = dim(x, 3, batch);
   int64_t KH = n->attr.ksize[0], KW = n->attr.ksize[1];
   int64_t OH = dim(&n->shape, 1, batch), OW = dim(&n->shape, 2, batch);
   int64_t SH = n->attr.strides[0], SW = n->attr.strides[1];
   int64_t PT = pad_before(n->attr.padding, H, OH, KH, SH), PL = pad_before(n->attr.padding, W, OW, KW, SW);
-  kernel_head(g, n->id, 1, sb);
+  kernel_head(g, plan, n->id, 1, sb);
   sb_printf(sb, "  /* %lldx%lld windows, stride %lldx%lld, over x [%lld, %lld, %lld, %lld]; padding cells are\n"
                 "   * skipped, so they never win. */\n",
             (long long)KH, (long long)KW, (long long)SH, (long long)SW, (long long)B, (long long)H,
@@ -519,7 +610,7 @@ static void emit_max_pool(const fl_graph *g, const fl_node *n, int64_t batch, st
   sb_printf(sb, "          }\n        }\n      }\n}\n\n");
 }
 
-static void emit_matmul_f32(const fl_graph *g, const fl_node *n, int64_t batch, strbuf *sb) {
+static void emit_matmul_f32(const fl_graph *g, const fl_infer_plan *plan, const fl_node *n, int64_t batch, strbuf *sb) {
   const fl_shape *a = &g->nodes[n->inputs[0]].shape, *b = &g->nodes[n->inputs[1]].shape;
   int64_t M = dim(&n->shape, 0, batch), N = dim(&n->shape, 1, batch);
   int64_t K = dim(a, n->attr.transpose_a ? 0 : 1, batch);
@@ -527,7 +618,7 @@ static void emit_matmul_f32(const fl_graph *g, const fl_node *n, int64_t batch, 
   char a_at[96];
   if (n->attr.transpose_a) snprintf(a_at, sizeof a_at, "in0[p * %lld + i]", (long long)lda);
   else snprintf(a_at, sizeof a_at, "in0[i * %lld + p]", (long long)lda);
-  kernel_head(g, n->id, 2, sb);
+  kernel_head(g, plan, n->id, 2, sb);
   if (!n->attr.transpose_b) {
     sb_printf(sb, "  /* [%lld, %lld] x [%lld, %lld]: rows of the right operand, scaled, accumulate into\n"
                   "   * a row of the result. */\n",
@@ -537,21 +628,30 @@ static void emit_matmul_f32(const fl_graph *g, const fl_node *n, int64_t batch, 
     sb_printf(sb, "    for (int j = 0; j < %lld; j++)\n      o[j] = 0.0f;\n", (long long)N);
     sb_printf(sb, "    for (int p = 0; p < %lld; p++) {\n      const float a = %s;\n", (long long)K, a_at);
     sb_printf(sb, "      const float *restrict b = in1 + p * %lld;\n", (long long)ldb);
-    sb_printf(sb, "      for (int j = 0; j < %lld; j++)\n        o[j] += a * b[j];\n    }\n  }\n}\n\n", (long long)N);
+    sb_printf(sb, "      for (int j = 0; j < %lld; j++)\n        o[j] += a * b[j];\n    }\n", (long long)N);
+    emit_epilogue(epilogue_of(plan, n->id), "o", N, "    ", sb);
+    sb_printf(sb, "  }\n}\n\n");
     return;
   }
   sb_printf(sb, "  /* [%lld, %lld] x [%lld, %lld]^T: dot products of rows. */\n", (long long)M, (long long)K,
             (long long)N, (long long)K);
   sb_printf(sb, "  for (int i = 0; i < %lld; i++)\n    for (int j = 0; j < %lld; j++) {\n", (long long)M, (long long)N);
   sb_printf(sb, "      float sum = 0.0f;\n      for (int p = 0; p < %lld; p++)\n", (long long)K);
-  sb_printf(sb, "        sum += %s * in1[j * %lld + p];\n      out[i * %lld + j] = sum;\n    }\n}\n\n", a_at,
+  sb_printf(sb, "        sum += %s * in1[j * %lld + p];\n      out[i * %lld + j] = sum;\n    }\n", a_at,
             (long long)ldb, (long long)N);
+  if (plan->bias[n->id] >= 0 || plan->relu[n->id]) {
+    sb_printf(sb, "  for (int i = 0; i < %lld; i++) {\n    float *restrict o = out + i * %lld;\n", (long long)M,
+              (long long)N);
+    emit_epilogue(epilogue_of(plan, n->id), "o", N, "    ", sb);
+    sb_printf(sb, "  }\n");
+  }
+  sb_printf(sb, "}\n\n");
 }
 
-static void emit_softmax_f32(const fl_graph *g, const fl_node *n, int64_t batch, strbuf *sb) {
+static void emit_softmax_f32(const fl_graph *g, const fl_infer_plan *plan, const fl_node *n, int64_t batch, strbuf *sb) {
   int64_t classes = dim(&n->shape, n->shape.rank - 1, batch);
   int64_t rows = fl_shape_size_at(&n->shape, batch) / (classes > 0 ? classes : 1);
-  kernel_head(g, n->id, 1, sb);
+  kernel_head(g, plan, n->id, 1, sb);
   sb_printf(sb, "  /* over the last axis, in float: exp(z - max) / sum */\n");
   sb_printf(sb, "  for (int r = 0; r < %lld; r++) {\n", (long long)rows);
   sb_printf(sb, "    const float *restrict z = in0 + r * %lld;\n    float *restrict o = out + r * %lld;\n",
@@ -564,12 +664,12 @@ static void emit_softmax_f32(const fl_graph *g, const fl_node *n, int64_t batch,
             (long long)classes);
 }
 
-static void emit_own_kernel(const fl_graph *g, const fl_node *n, int64_t batch, strbuf *sb) {
+static void emit_own_kernel(const fl_graph *g, const fl_infer_plan *plan, const fl_node *n, int64_t batch, strbuf *sb) {
   switch (n->op) {
-  case FL_OP_CONV2D: emit_conv2d(g, n, batch, sb); break;
-  case FL_OP_MAX_POOL: emit_max_pool(g, n, batch, sb); break;
-  case FL_OP_MATMUL: emit_matmul_f32(g, n, batch, sb); break;
-  default: emit_softmax_f32(g, n, batch, sb); break;
+  case FL_OP_CONV2D: emit_conv2d(g, plan, n, batch, sb); break;
+  case FL_OP_MAX_POOL: emit_max_pool(g, plan, n, batch, sb); break;
+  case FL_OP_MATMUL: emit_matmul_f32(g, plan, n, batch, sb); break;
+  default: emit_softmax_f32(g, plan, n, batch, sb); break;
   }
 }
 
@@ -614,7 +714,7 @@ static void emit_header(const infer_file *f, strbuf *sb) {
   const fl_graph *g = f->g;
   const fl_infer_options *opt = f->opt;
   const char *p = f->prefix, *P = f->upper_prefix;
-  char shape[256], label[96], macro[128];
+  char shape[256], label[96], macro[320];
   emit_node_label(g, opt->entry, label, sizeof label);
   shape_text(f, opt->entry, shape, sizeof shape);
   sb_printf(sb, "/* %s.h - generated by flowc %s from %s with the weights in %s:\n"
@@ -740,7 +840,7 @@ static int emit_source(const infer_file *f, const void *const *values, strbuf *s
     if (plan->kind[id] != IK_KERNEL) continue;
     const fl_node *n = &g->nodes[id];
     if (own_kernel(n)) {
-      emit_own_kernel(g, n, opt->batch, sb);
+      emit_own_kernel(g, plan, n, opt->batch, sb);
     } else {
       bool uses[64];
       emit_node_syms(g, n, uses);
@@ -755,13 +855,17 @@ static int emit_source(const infer_file *f, const void *const *values, strbuf *s
   for (int s = 0; s < g->nsyms && s < 64; s++)
     if (uses_sym[s]) {
       char name[64];
-      fl_c_identifier(g->syms[s], name, sizeof name);
+      fl_sym_c_name(g, s, name, sizeof name); /* as the reused kernels name it */
       sb_printf(sb, "  const int64_t %s = %lld;\n", name, (long long)opt->batch);
     }
   for (int id = 0; id <= opt->entry; id++) {
     if (plan->kind[id] != IK_KERNEL) continue;
     const fl_node *n = &g->nodes[id];
-    emit_node_label(g, id, label, sizeof label);
+    /* a fused conv's value is its relu's: name it after the last fused node */
+    int named = id;
+    for (int k = id + 1; k <= opt->entry; k++)
+      if (plan->kind[k] == IK_ALIAS && plan->alias[k] == id && !g->nodes[named].name) named = k;
+    emit_node_label(g, named, label, sizeof label);
     shape_text(f, id, shape, sizeof shape);
     sb_printf(sb, "  /* %s %s -> %s */\n", label, shape, f->buffers[id]);
     if (own_kernel(n)) {
@@ -769,6 +873,7 @@ static int emit_source(const infer_file *f, const void *const *values, strbuf *s
       kernel_function_name(g, id, fname, sizeof fname);
       sb_printf(sb, "  %s(", fname);
       for (int k = 0; k < n->ninputs; k++) sb_printf(sb, "%s, ", f->buffers[n->inputs[k]]);
+      if (plan->bias[id] >= 0) sb_printf(sb, "%s, ", f->buffers[plan->bias[id]]);
       sb_printf(sb, "%s);\n", f->buffers[id]);
     } else {
       emit_kernel_call(g, id, (const char *const *)f->buffers, NULL, sb);
@@ -797,9 +902,9 @@ int fl_emit_infer(const fl_graph *g, const fl_infer_options *opt, const fl_infer
 
   /* Names: parameters first (they are what the user sees), then the file's
    * own arrays, none shadowing another or anything the file uses. */
-  name_set names = {infer_calloc((size_t)g->nnodes + 4, sizeof *names.names), 0};
+  name_set names = {infer_calloc((size_t)(g->nnodes + g->nsyms) + 4, sizeof *names.names), 0};
   snprintf(names.names[names.count++], sizeof names.names[0], "%s_infer", f.prefix);
-  for (int s = 0; s < g->nsyms; s++) fl_c_identifier(g->syms[s], names.names[names.count++], sizeof names.names[0]);
+  for (int s = 0; s < g->nsyms; s++) fl_sym_c_name(g, s, names.names[names.count++], sizeof names.names[0]);
   f.params = infer_calloc((size_t)plan->ninputs + 1, sizeof *f.params);
   f.buffers = infer_calloc((size_t)g->nnodes, sizeof(char *));
   char label[96];
@@ -825,6 +930,8 @@ int fl_emit_infer(const fl_graph *g, const fl_infer_options *opt, const fl_infer
     case IK_FIXED:
       emit_node_label(g, id, label, sizeof label);
       snprintf(name, sizeof name, "fixed_%s", label);
+      if (name_taken(&names, name)) snprintf(name, sizeof name, "fixed_%s_%d", label, id);
+      snprintf(names.names[names.count++], sizeof names.names[0], "%.127s", name);
       f.buffers[id] = strdup(name);
       break;
     case IK_KERNEL:

@@ -55,7 +55,20 @@ typedef struct {
   char **fused_sigs;      /* fused kernels emitted so far: membership signature */
   char **fused_names;     /* ... and function name */
   int nfused;
+  bool device_data;       /* CUDA: main uploads the data sets and stages batches by index */
 } emit_model;
+
+/* The C backend's pieces that the CUDA backend (emit_cuda.c) emits as they are:
+ * the entries with their schedules, the API's parameters and comments, constant
+ * arrays, NAME_init, the FLOP counts, fused kernels' names. */
+int emit_model_init(emit_model *em, const fl_graph *g, const fl_codegen_options *opt);
+void emit_model_free(emit_model *em);
+void emit_entry_params(const emit_model *em, const emit_entry *e, strbuf *sb);
+void emit_entry_doc(const emit_model *em, const emit_entry *e, strbuf *sb);
+void emit_const_array(const fl_graph *g, int id, strbuf *sb);
+int emit_init_function(const emit_model *em, strbuf *sb);
+void emit_flops_function(const emit_model *em, const emit_entry *e, strbuf *sb);
+const char *emit_fused_name(emit_model *em, const fl_group *grp);
 
 /* Writes main.c: the training driver over the model's entries. */
 int emit_main(const emit_model *em, strbuf *sb);

@@ -32,6 +32,7 @@ static void entry_args(const emit_model *em, const emit_entry *e, const fl_actio
                        const char *batch, const char *images, const char *labels,
                        const char *out_prefix, strbuf *sb) {
   const fl_graph *g = em->g;
+  if (em->device_data) images = labels = "NULL"; /* CUDA: the batch staged on the GPU */
   sb_printf(sb, "m");
   for (int s = 0; s < g->nsyms; s++)
     if (e->syms[s]) sb_printf(sb, ", %s", batch);
@@ -125,9 +126,13 @@ static int emit_action(const emit_model *em, int index, strbuf *sb) {
     if (declare_outputs(em, e, a, sb)) return -1;
     sb_printf(sb, "    double sums[%d] = {0};\n", e->nfetches + 1);
     sb_printf(sb, "    for (int64_t start = 0; start < data.test.n; start += TEST_CHUNK) {\n"
-                  "      const int64_t count = data.test.n - start < TEST_CHUNK ? data.test.n - start : TEST_CHUNK;\n"
-                  "      flrt_split_slice(&data.test, start, count, test_images, test_labels);\n"
-                  "      if (%s_%s(", em->prefix, e->name);
+                  "      const int64_t count = data.test.n - start < TEST_CHUNK ? data.test.n - start : TEST_CHUNK;\n");
+    if (em->device_data)
+      sb_printf(sb, "      if (%s_stage_range(m, %s_TEST_SPLIT, start, count))\n        fail_model(m);\n", em->prefix,
+                em->prefix);
+    else
+      sb_printf(sb, "      flrt_split_slice(&data.test, start, count, test_images, test_labels);\n");
+    sb_printf(sb, "      if (%s_%s(", em->prefix, e->name);
     entry_args(em, e, a, "count", "test_images", "test_labels", "out", sb);
     sb_printf(sb, "))\n        fail_model(m);\n");
     for (int i = 0; i < e->nfetches; i++) {
@@ -289,6 +294,10 @@ int emit_main(const emit_model *em, strbuf *sb) {
     sb_printf(sb, "  flrt_batcher batcher;\n  if (flrt_batcher_init(&batcher, &data.train, opt.seed)) {\n"
                   "    fprintf(stderr, \"%%s: out of memory\\n\", program);\n    return 1;\n  }\n"
                   "  flrt_batcher_seek(&batcher, m->consumed);\n");
+    if (em->device_data) /* CUDA: the data sets go to the GPU once; batches are gathered there */
+      sb_printf(sb, "  if (%s_upload_data(m, &data))\n    fail_model(m);\n"
+                    "  int64_t *batch_rows = malloc((size_t)opt.batch * sizeof *batch_rows);\n"
+                    "  if (!batch_rows) {\n    fprintf(stderr, \"%%s: out of memory\\n\", program);\n    return 1;\n  }\n", p);
     sb_printf(sb, "  float *images = malloc((size_t)opt.batch * IMAGE_SIZE * sizeof(float));\n"
                   "  float *labels = malloc((size_t)opt.batch * CLASSES * sizeof(float));\n"
                   "  float *test_images = malloc((size_t)TEST_CHUNK * IMAGE_SIZE * sizeof(float));\n"
@@ -307,7 +316,10 @@ int emit_main(const emit_model *em, strbuf *sb) {
     if (t->actions[i].when == FL_WHEN_START) status = emit_action(em, i, sb);
   sb_printf(sb, "\n  double window_start = flrt_now_ms();\n  int64_t window_steps = 0;\n");
   sb_printf(sb, "  for (; step < opt.steps; step++) {\n");
-  if (data) sb_printf(sb, "    flrt_batcher_next(&batcher, opt.batch, images, labels);\n");
+  if (data && em->device_data)
+    sb_printf(sb, "    flrt_batcher_next_indices(&batcher, opt.batch, batch_rows);\n"
+                  "    if (%s_stage_rows(m, %s_TRAIN_SPLIT, batch_rows, opt.batch))\n      fail_model(m);\n", p, p);
+  else if (data) sb_printf(sb, "    flrt_batcher_next(&batcher, opt.batch, images, labels);\n");
   for (int i = 0; i < t->nactions && status == 0; i++)
     if (t->actions[i].when == FL_WHEN_STEP || t->actions[i].when == FL_WHEN_EVERY) status = emit_action(em, i, sb);
   sb_printf(sb, "    m->step = step + 1;\n    m->consumed += %s;\n    window_steps++;\n", data ? "opt.batch" : "0");
@@ -323,6 +335,11 @@ int emit_main(const emit_model *em, strbuf *sb) {
                 "      save_or_fail(m, path);\n"
                 "      fprintf(stderr, \"%%s: interrupted after step %%lld; saved %%s (continue with --resume %%s)\\n\",\n"
                 "              program, (long long)m->step, path, path);\n      return 130;\n    }\n  }\n", p);
+  /* Saved before the end and test actions: evaluation may draw dropout masks
+   * (advancing the counter), and a resumed run must continue from the state
+   * the last step left, as an uninterrupted run does. */
+  sb_printf(sb, "  if (opt.save_path) {\n    save_or_fail(m, opt.save_path);\n"
+                "    if (!opt.quiet)\n      printf(\"saved %%s\\n\", opt.save_path);\n  }\n");
   for (int i = 0; i < t->nactions && status == 0; i++)
     if (t->actions[i].when == FL_WHEN_END) status = emit_action(em, i, sb);
   if (data) {
@@ -335,11 +352,10 @@ int emit_main(const emit_model *em, strbuf *sb) {
         status = -1;
       }
   }
-  sb_printf(sb, "  if (opt.save_path) {\n    save_or_fail(m, opt.save_path);\n"
-                "    if (!opt.quiet)\n      printf(\"saved %%s\\n\", opt.save_path);\n  }\n");
   if (data)
     sb_printf(sb, "  free(images);\n  free(labels);\n  free(test_images);\n  free(test_labels);\n"
                   "  flrt_batcher_free(&batcher);\n  flrt_free_data_sets(&data);\n");
+  if (data && em->device_data) sb_printf(sb, "  free(batch_rows);\n");
   sb_printf(sb, "  %s_free(m);\n  return 0;\n}\n", p);
   return status;
 }

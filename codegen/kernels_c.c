@@ -1,5 +1,6 @@
 /* kernels_c.c - one C function per IR node: loops for elementwise ops and
  * reductions, OpenBLAS for matmul, runtime calls for convolution and pooling. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "emit_internal.h"
@@ -687,7 +688,9 @@ static void emit_updates_group(const fl_graph *g, const fl_group *grp, const int
 }
 
 void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname, strbuf *sb) {
-  int ins[256], outs[8];
+  /* a group reads at most every node once; an update group may read hundreds */
+  int *ins = calloc((size_t)g->nnodes + 1, sizeof(int)), outs[8];
+  if (!ins) abort();
   int nins = group_inputs(g, grp, ins), nouts = group_outputs(g, grp, outs);
   static const char *const kinds[] = {"single", "elementwise", "epilogue", "softmax_xent", "updates"};
   sb_printf(sb, "/* fused %s:\n", kinds[grp->kind]);
@@ -720,11 +723,13 @@ void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname
   default: break;
   }
   sb_printf(sb, "}\n\n");
+  free(ins);
 }
 
 void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, const char *const *buffers,
                      const char *scratch, strbuf *sb) {
-  int ins[256], outs[8];
+  int *ins = calloc((size_t)g->nnodes + 1, sizeof(int)), outs[8];
+  if (!ins) abort();
   int nins = group_inputs(g, grp, ins), nouts = group_outputs(g, grp, outs);
   sb_printf(sb, "  %s(", fname);
   int nargs = 0;
@@ -735,6 +740,7 @@ void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, 
   group_syms(g, grp, uses);
   emit_sym_list(g, uses, nargs > 0, "", sb);
   sb_printf(sb, ");\n");
+  free(ins);
 }
 
 /* The C expression of an elementwise op over operand expressions a and b:

@@ -10,6 +10,7 @@
 #include "build.h"
 #include "codegen.h"
 #include "embedded.h"
+#include "infer.h"
 
 static fl_loc nowhere(void) { return (fl_loc){0, 0, 0, 0}; }
 
@@ -244,7 +245,7 @@ int fl_build_program(const fl_graph *g, const fl_build_request *req) {
 #include "commands.h"
 
 /* Options of build and emit beyond the common ones. */
-static const char *const build_value_options[] = {"--name", "--cc", NULL};
+static const char *const build_value_options[] = {"--name", "--cc", "--device", NULL};
 
 static int read_build_options(const struct flowc_args *args, fl_build_request *req, bool is_build) {
   for (int i = 0; i < args->nextra; i++) {
@@ -255,6 +256,12 @@ static int read_build_options(const struct flowc_args *args, fl_build_request *r
     else if (strcmp(opt, "--verbose") == 0 || strcmp(opt, "-v") == 0) req->verbose = true;
     else if (strcmp(opt, "-O0") == 0) req->unoptimized = true;
     else if (strcmp(opt, "--report") == 0) req->report = true;
+    else if (strcmp(opt, "--device") == 0 && i + 1 < args->nextra) {
+      const char *device = args->extra[++i];
+      if (strcmp(device, "cuda") == 0) req->cuda = true;
+      else if (strcmp(device, "cpu") != 0)
+        return flowc_usage_error("%s: --device is cpu or cuda, not '%s'", args->command, device);
+    } else if (strcmp(opt, "--nvcc") == 0 && is_build) req->nvcc = true;
     else return flowc_usage_error("%s: unknown option '%s'", args->command, opt);
   }
   return FLOWC_OK;
@@ -267,6 +274,7 @@ static int build_or_emit(int argc, char **argv, bool is_build) {
   fl_build_request req = {.source_path = args.input, .output = args.output};
   rc = read_build_options(&args, &req, is_build);
   if (rc != FLOWC_OK) return rc;
+  if (req.nvcc && !req.cuda) return flowc_usage_error("%s: --nvcc goes with --device cuda", args.command);
   char default_output[256];
   if (!req.output) {
     /* Like cc: the program is named after the description. */
@@ -277,12 +285,18 @@ static int build_or_emit(int argc, char **argv, bool is_build) {
   fl_graph *g = flowc_load(&args);
   if (!g) return FLOWC_USER_ERROR;
   if (!req.unoptimized) fl_simplify(g);
-  rc = is_build ? fl_build_program(g, &req) : fl_emit_program(g, &req, req.output);
+  if (req.cuda) rc = is_build ? fl_build_cuda_program(g, &req) : fl_emit_cuda_program(g, &req, req.output);
+  else rc = is_build ? fl_build_program(g, &req) : fl_emit_program(g, &req, req.output);
   fl_graph_free(g);
   if (rc) return FLOWC_USER_ERROR;
   if (!is_build) fprintf(stderr, "flowc: wrote %s/ (make -C %s builds it)\n", req.output, req.output);
   return FLOWC_OK;
 }
 
-int cmd_build(int argc, char **argv) { return build_or_emit(argc, argv, true); }
-int cmd_emit(int argc, char **argv) { return build_or_emit(argc, argv, false); }
+/* With --infer, build and emit make inference code instead (infer.c). */
+int cmd_build(int argc, char **argv) {
+  return fl_infer_requested(argc, argv) ? cmd_infer(argc, argv, true) : build_or_emit(argc, argv, true);
+}
+int cmd_emit(int argc, char **argv) {
+  return fl_infer_requested(argc, argv) ? cmd_infer(argc, argv, false) : build_or_emit(argc, argv, false);
+}

@@ -13,6 +13,8 @@ typedef struct {
   bool verbose;            /* print the compiler command */
   bool unoptimized;        /* -O0: no simplification, one kernel per node */
   bool report;             /* --report: print arena, variable and peak memory */
+  bool cuda;               /* --device cuda: the program trains on an NVIDIA GPU */
+  bool nvcc;               /* --nvcc: its kernels compiled ahead of time by nvcc */
 } fl_build_request;
 
 /* The default model name: the description's base name as a C identifier. */
@@ -25,5 +27,11 @@ int fl_emit_program(const fl_graph *g, const fl_build_request *req, const char *
  * A missing compiler, header or library is named with the Debian package that
  * provides it. */
 int fl_build_program(const fl_graph *g, const fl_build_request *req);
+
+/* The same for --device cuda (build_cuda.c): the CUDA host code, kernels and
+ * runtime; build compiles against the CUDA toolkit ($CUDA_HOME, else
+ * /usr/local/cuda) and names what is missing. */
+int fl_emit_cuda_program(const fl_graph *g, const fl_build_request *req, const char *dir);
+int fl_build_cuda_program(const fl_graph *g, const fl_build_request *req);
 
 #endif

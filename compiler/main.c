@@ -20,7 +20,9 @@ static const struct command commands[] = {
     {"check", cmd_check, "check a description; list its named tensors with their shapes"},
     {"dump", cmd_dump, "print the IR, one node per line (--after autodiff|simplify|fusion)"},
     {"graph", cmd_graph, "print the IR as a Graphviz dot graph"},
-    {"build", cmd_build, "compile the training executable (-o PROGRAM; --name, --cc, --keep, --report, -O0)"},
+    {"build", cmd_build, "compile the training executable (-o PROGRAM; --name, --cc, --keep, --report, -O0);\n"
+                         "           with --infer ENTRY --weights CKPT [--target T]: an inference binary;\n"
+                         "           with --device cuda [--nvcc]: the same program for an NVIDIA GPU (docs/CUDA.md)"},
     {"emit", cmd_emit, "write the program's C sources and a Makefile into a folder (-o DIR)"},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];

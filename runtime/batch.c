@@ -85,6 +85,19 @@ void flrt_batcher_next(flrt_batcher *b, int64_t batch, float *images, float *one
   b->consumed += batch;
 }
 
+void flrt_batcher_next_indices(flrt_batcher *b, int64_t batch, int64_t *indices) {
+  const flrt_split *s = b->split;
+  for (int64_t row = 0; row < batch; row++) {
+    if (b->pos >= s->n) {
+      b->epoch++;
+      b->pos = 0;
+      batch_shuffle(b->perm, s->n, b->seed, b->epoch);
+    }
+    indices[row] = b->perm[b->pos++];
+  }
+  b->consumed += batch;
+}
+
 void flrt_split_slice(const flrt_split *s, int64_t start, int64_t count, float *images,
                       float *onehot) {
   assert(start >= 0 && count >= 0 && start + count <= s->n);

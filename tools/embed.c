@@ -1,4 +1,5 @@
 /* embed.c - turns files into a C table (name, bytes) so flowc carries its runtime. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -8,8 +9,18 @@ static const char *base_name(const char *path) {
 }
 
 int main(int argc, char **argv) {
+  /* --table NAME: a table NAME_files / NAME_file_count of other support files,
+   * written under their own names (the flrt_ prefix is the runtime's). */
+  const char *table = "fl_runtime";
+  bool runtime = true;
+  if (argc > 2 && strcmp(argv[1], "--table") == 0) {
+    table = argv[2];
+    runtime = false;
+    argv += 2;
+    argc -= 2;
+  }
   if (argc < 3) {
-    fprintf(stderr, "usage: embed OUTPUT.c FILE...\n");
+    fprintf(stderr, "usage: embed [--table NAME] OUTPUT.c FILE...\n");
     return 2;
   }
   FILE *out = fopen(argv[1], "w");
@@ -34,14 +45,14 @@ int main(int argc, char **argv) {
     fprintf(out, "%s0x00};\n", n ? ", " : "");
     fclose(in);
   }
-  fprintf(out, "\nconst fl_embedded_file fl_runtime_files[] = {\n");
+  fprintf(out, "\nconst fl_embedded_file %s_files[] = {\n", table);
   for (int i = 2; i < argc; i++) {
     const char *name = base_name(argv[i]);
     /* Runtime sources get an flrt_ prefix so they can't clash with a user's
      * files when the emitted sources are vendored. */
-    const char *prefix = strncmp(name, "flowc_rt", 8) == 0 ? "" : "flrt_";
+    const char *prefix = !runtime || strncmp(name, "flowc_rt", 8) == 0 ? "" : "flrt_";
     fprintf(out, "  {\"%s%s\", (const char *)file%d, sizeof file%d - 1},\n", prefix, name, i, i);
   }
-  fprintf(out, "};\nconst int fl_runtime_file_count = %d;\n", argc - 2);
+  fprintf(out, "};\nconst int %s_file_count = %d;\n", table, argc - 2);
   return fclose(out) ? 1 : 0;
 }

@@ -310,3 +310,40 @@ Test(build, a_missing_compiler_is_named_with_its_package, .timeout = 60) {
             "the message should name the compiler and the package:\n%s", out);
   free(out);
 }
+
+/* With dropout, the masks depend on the run counter in the checkpoint: an
+ * interrupted and resumed run must still draw the same masks as one that went
+ * straight through, even though the first run evaluated the test set (with
+ * dropout nodes in it) before stopping. */
+Test(checkpoints, resume_with_dropout_matches, .timeout = 240) {
+  const char *data = some_data();
+  const char *dir = e2e_scratch("resume_dropout");
+  char flow[4200];
+  snprintf(flow, sizeof flow, "%s/dropout.flow", dir);
+  FILE *f = fopen(flow, "w");
+  cr_assert(f);
+  fputs("x = placeholder(f32, [None, 784])\ny_ = placeholder(f32, [None, 10])\nkeep_prob = placeholder(f32)\n"
+        "W = variable(zeros([784, 10]))\nb = variable(zeros([10]))\n"
+        "y = matmul(dropout(x, keep_prob), W) + b\n"
+        "loss = reduce_mean(softmax_cross_entropy_with_logits(labels=y_, logits=y))\n"
+        "train_step = gradient_descent(0.1).minimize(loss)\n"
+        "accuracy = reduce_mean(cast(equal(argmax(y, 1), argmax(y_, 1)), f32))\n"
+        "train {\n  data = mnist(\"MNIST_data\")\n  batch = 50\n"
+        "  every 40: print \"step {step} {accuracy}\" with keep_prob = 1.0\n"
+        "  run train_step with keep_prob = 0.5\n  test: print \"test accuracy {accuracy}\" with keep_prob = 0.9\n}\n",
+        f);
+  fclose(f);
+  const char *prog = e2e_build(dir, flow, "dropout", NULL);
+  char *out = NULL;
+  cr_assert_eq(e2e_run(&out, "cd '%s' && '%s' --data '%s' --steps 150 --save whole.safetensors --quiet", dir, prog,
+                       data), 0, "%s", out);
+  free(out);
+  cr_assert_eq(e2e_run(&out, "cd '%s' && '%s' --data '%s' --steps 70 --save part.safetensors --quiet && "
+                             "'%s' --data '%s' --steps 150 --resume part.safetensors --save part.safetensors --quiet",
+                       dir, prog, data, prog, data), 0, "%s", out);
+  free(out);
+  char whole[4200], part[4200];
+  snprintf(whole, sizeof whole, "%s/whole.safetensors", dir);
+  snprintf(part, sizeof part, "%s/part.safetensors", dir);
+  cr_assert(e2e_files_equal(whole, part), "a resumed run with dropout did not reach the uninterrupted weights");
+}
