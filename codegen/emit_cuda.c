@@ -449,13 +449,18 @@ static void emit_data_functions(const cuda_model *cm, strbuf *sb) {
     sb_printf(sb, "    if (split->classes != %lld)\n"
                   "      return fail(m, \"%s_upload_data: the model has %lld classes, the data set %%d\", split->classes);\n",
               classes, p, classes);
+  /* The host keeps bytes; the device gets the floats batches are made of. */
   sb_printf(sb, "    const size_t image_bytes = (size_t)split->n * (size_t)split->features * sizeof(float);\n"
-                "    if (flcu_alloc(&gpu->dev, &gpu->images[s], image_bytes) ||\n"
+                "    float *staging = malloc(image_bytes);\n"
+                "    if (!staging)\n      return fail(m, \"%s_upload_data: out of memory staging %%zu bytes\", image_bytes);\n"
+                "    flrt_split_slice(split, 0, split->n, staging, NULL);\n"
+                "    const int failed = flcu_alloc(&gpu->dev, &gpu->images[s], image_bytes) ||\n"
                 "        flcu_alloc(&gpu->dev, &gpu->labels[s], (size_t)split->n) ||\n"
-                "        flcu_copy_in(&gpu->dev, gpu->images[s], split->images, image_bytes) ||\n"
-                "        flcu_copy_in(&gpu->dev, gpu->labels[s], split->labels, (size_t)split->n))\n"
-                "      return gpu_failed(m, \"upload_data\");\n"
-                "    gpu->split_n[s] = split->n;\n  }\n  return 0;\n}\n\n");
+                "        flcu_copy_in(&gpu->dev, gpu->images[s], staging, image_bytes) ||\n"
+                "        flcu_copy_in(&gpu->dev, gpu->labels[s], split->labels, (size_t)split->n);\n"
+                "    free(staging);\n"
+                "    if (failed)\n      return gpu_failed(m, \"upload_data\");\n", p);
+  sb_printf(sb, "    gpu->split_n[s] = split->n;\n  }\n  return 0;\n}\n\n");
   sb_printf(sb, "static int stage(%s *m, const char *who, int split, int64_t count) {\n"
                 "  if (!m->gpu || split < 0 || split > 2 || !m->gpu->images[split])\n"
                 "    return fail(m, \"%s_%%s: split %%d is not on the GPU (%s_upload_data uploads the data sets)\", who, split);\n"

@@ -58,9 +58,11 @@ void flrt_batcher_seek(flrt_batcher *b, int64_t consumed) {
 /* Writes example `index` of s as row `row` of images and onehot (either NULL). */
 static void batch_copy_example(const flrt_split *s, int64_t index, int64_t row, float *images,
                                float *onehot) {
-  if (images)
-    memcpy(images + (size_t)row * (size_t)s->features,
-           s->images + (size_t)index * (size_t)s->features, (size_t)s->features * sizeof(float));
+  if (images) {
+    float *dst = images + (size_t)row * (size_t)s->features;
+    const uint8_t *src = s->pixels + (size_t)index * (size_t)s->features;
+    for (int64_t j = 0; j < s->features; j++) dst[j] = (float)src[j] / 255.0f;
+  }
   if (onehot) {
     float *dst = onehot + (size_t)row * (size_t)s->classes;
     for (int c = 0; c < s->classes; c++) dst[c] = 0.0f;

@@ -266,20 +266,20 @@ static int data_make_split(flrt_split *s, const idx_file *images, const idx_file
   s->n = n;
   s->features = features;
   s->classes = MNIST_CLASSES;
-  s->images = NULL;
+  s->pixels = NULL;
   s->labels = NULL;
   if (n == 0) return 0;
-  s->images = malloc((size_t)n * (size_t)features * sizeof(float));
+  s->pixels = malloc((size_t)n * (size_t)features);
   s->labels = malloc((size_t)n);
-  if (!s->images || !s->labels) return -1;
+  if (!s->pixels || !s->labels) return -1;
   const unsigned char *src = images->bytes + (size_t)first * (size_t)features;
-  for (size_t i = 0; i < (size_t)n * (size_t)features; i++) s->images[i] = (float)src[i] / 255.0f;
+  memcpy(s->pixels, src, (size_t)n * (size_t)features);
   memcpy(s->labels, labels->bytes + first, (size_t)n);
   return 0;
 }
 
 static void data_free_split(flrt_split *s) {
-  free(s->images);
+  free(s->pixels);
   free(s->labels);
   memset(s, 0, sizeof *s);
 }

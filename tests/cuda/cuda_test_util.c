@@ -185,7 +185,7 @@ const char *cu_small_data(const char *dir) {
       for (int p = 0; p < PIXELS; p++)
         /* Without real digits: sparse strokes like theirs (mostly 0), so the
          * tutorial's learning rate stays stable and CPU and GPU stay close. */
-        pixels[(size_t)i * PIXELS + p] = have_real ? (unsigned char)(from->images[(size_t)i * PIXELS + p] * 255.0f + 0.5f)
+        pixels[(size_t)i * PIXELS + p] = have_real ? from->pixels[(size_t)i * PIXELS + p]
                                        : ((p * 7 + i * 31 + (p / 28) * labels[i] * 13) % 256) > 220 ? 255 : 0;
     }
     unsigned char header[16];

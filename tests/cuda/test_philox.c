@@ -75,9 +75,9 @@ Test(philox, dropout_element_uses_the_index_high_word) {
 }
 
 static flrt_split test_split(int64_t n, int64_t features) {
-  flrt_split s = {n, features, 10, malloc((size_t)(n * features) * sizeof(float)), malloc((size_t)n)};
-  cr_assert(s.images && s.labels);
-  for (int64_t i = 0; i < n * features; i++) s.images[i] = (float)i;
+  flrt_split s = {n, features, 10, malloc((size_t)(n * features)), malloc((size_t)n)};
+  cr_assert(s.pixels && s.labels);
+  for (int64_t i = 0; i < n * features; i++) s.pixels[i] = (uint8_t)(i * 13 % 251);
   for (int64_t i = 0; i < n; i++) s.labels[i] = (uint8_t)((i * 7) % 10);
   return s;
 }
@@ -103,12 +103,12 @@ Test(batcher, indices_name_the_rows_next_copies) {
     for (int r = 0; r < BATCH; r++) {
       cr_assert(rows[r] >= 0 && rows[r] < N);
       for (int f = 0; f < FEATURES; f++)
-        cr_assert_float_eq(images[r * FEATURES + f], s.images[rows[r] * FEATURES + f], 0.0f, "call %d row %d", call, r);
+        cr_assert_float_eq(images[r * FEATURES + f], (float)s.pixels[rows[r] * FEATURES + f] / 255.0f, 0.0f, "call %d row %d", call, r);
       cr_assert_float_eq(onehot[r * 10 + s.labels[rows[r]]], 1.0f, 0.0f);
     }
   }
   flrt_batcher_free(&copying);
   flrt_batcher_free(&indexing);
-  free(s.images);
+  free(s.pixels);
   free(s.labels);
 }

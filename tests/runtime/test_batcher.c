@@ -1,5 +1,6 @@
 /* test_batcher.c - next_batch: epochs, the epoch boundary, seeking for resume, seeds. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,25 +8,28 @@
 
 #define FEATURES 3
 
-/* Example i has pixels (i, i + 0.25, i + 0.5) and label i % 10, so a copied
- * row says which example it came from. */
+/* Example i has pixel bytes (i mod 256, i / 256, 7 i mod 256) and label
+ * i % 10, so a copied row says which example it came from. */
+static uint8_t pixel_of(int64_t i, int j) {
+  return (uint8_t)(j == 0 ? i & 255 : j == 1 ? (i >> 8) & 255 : (i * 7) & 255);
+}
 static flrt_split make_split(int64_t n) {
   flrt_split s;
   s.n = n;
   s.features = FEATURES;
   s.classes = 10;
-  s.images = malloc((size_t)n * FEATURES * sizeof(float));
+  s.pixels = malloc((size_t)n * FEATURES);
   s.labels = malloc((size_t)n);
-  cr_assert(s.images && s.labels);
+  cr_assert(s.pixels && s.labels);
   for (int64_t i = 0; i < n; i++) {
-    for (int j = 0; j < FEATURES; j++) s.images[i * FEATURES + j] = (float)i + 0.25f * (float)j;
+    for (int j = 0; j < FEATURES; j++) s.pixels[i * FEATURES + j] = pixel_of(i, j);
     s.labels[i] = (uint8_t)(i % 10);
   }
   return s;
 }
 
 static void free_split(flrt_split *s) {
-  free(s->images);
+  free(s->pixels);
   free(s->labels);
 }
 
@@ -36,10 +40,10 @@ static void draw(flrt_batcher *b, int64_t batch, int64_t *indices) {
   cr_assert(images && onehot);
   flrt_batcher_next(b, batch, images, onehot);
   for (int64_t r = 0; r < batch; r++) {
-    int64_t i = (int64_t)images[r * FEATURES];
+    int64_t i = lroundf(images[r * FEATURES] * 255.0f) + 256 * lroundf(images[r * FEATURES + 1] * 255.0f);
     cr_assert(i >= 0 && i < b->split->n);
     for (int j = 0; j < FEATURES; j++)
-      cr_assert_eq(images[r * FEATURES + j], (float)i + 0.25f * (float)j, "row %lld", (long long)r);
+      cr_assert_eq(images[r * FEATURES + j], (float)pixel_of(i, j) / 255.0f, "row %lld", (long long)r);
     for (int c = 0; c < 10; c++)
       cr_assert_eq(onehot[r * 10 + c], c == i % 10 ? 1.0f : 0.0f, "one-hot of row %lld",
                    (long long)r);
