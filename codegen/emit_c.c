@@ -425,11 +425,6 @@ static void var_field_names(emit_model *em) {
   }
 }
 
-static void checkpoint_name(const fl_graph *g, int id, char *buf, size_t cap) {
-  if (g->nodes[id].name) snprintf(buf, cap, "%s", g->nodes[id].name);
-  else snprintf(buf, cap, "v%d", id);
-}
-
 /* Parameters of an entry, shared by the prototype and the definition. */
 static void entry_params(const emit_model *em, const emit_entry *e, strbuf *sb) {
   const fl_graph *g = em->g;
@@ -589,7 +584,6 @@ static int emit_init(const emit_model *em, strbuf *sb) {
 }
 
 static void emit_lifecycle(const emit_model *em, strbuf *sb) {
-  const fl_graph *g = em->g;
   const char *p = em->prefix;
   sb_printf(sb, "%s *%s_new(uint64_t seed) {\n  %s *m = calloc(1, sizeof *m);\n  if (!m) return NULL;\n"
                 "  %s_init(m, seed);\n  return m;\n}\n\n", p, p, p, p);
@@ -597,6 +591,16 @@ static void emit_lifecycle(const emit_model *em, strbuf *sb) {
   sb_printf(sb, "const char *%s_error(const %s *m) { return m->error; }\n\n", p, p);
   sb_printf(sb, "static int fail(%s *m, const char *fmt, ...) {\n  va_list ap;\n  va_start(ap, fmt);\n"
                 "  vsnprintf(m->error, sizeof m->error, fmt, ap);\n  va_end(ap);\n  return -1;\n}\n\n", p);
+  emit_checkpoint_functions(em, "", "", sb);
+}
+
+/* The checkpoint functions: the variables under TensorFlow's names, and the
+ * training state in the metadata. Every backend writes the same files;
+ * before_save and after_load are statements a backend adds (the CUDA one
+ * moves the variables between device and host there). */
+void emit_checkpoint_functions(const emit_model *em, const char *before_save, const char *after_load, strbuf *sb) {
+  const fl_graph *g = em->g;
+  const char *p = em->prefix;
   int nvars = 0;
   for (int i = 0; i < g->nnodes; i++) nvars += g->nodes[i].op == FL_OP_VARIABLE;
   sb_printf(sb, "enum { VARIABLE_COUNT = %d };\n\n", nvars);
@@ -607,7 +611,7 @@ static void emit_lifecycle(const emit_model *em, strbuf *sb) {
     const fl_node *v = &g->nodes[i];
     if (v->op != FL_OP_VARIABLE) continue;
     char name[256];
-    checkpoint_name(g, i, name, sizeof name);
+    fl_checkpoint_name(g, i, name, sizeof name);
     sb_printf(sb, "  t[%d] = (flrt_tensor){\"%s\", %s, %d, {", k++, name, emit_rt_dtype(v->dtype), v->shape.rank);
     for (int j = 0; j < v->shape.rank; j++) sb_printf(sb, "%s%lld", j ? ", " : "", (long long)v->shape.dims[j].coef);
     sb_printf(sb, "%s}, m->vars.%s};\n", v->shape.rank ? "" : "0", em->var_names[i]);
@@ -615,7 +619,7 @@ static void emit_lifecycle(const emit_model *em, strbuf *sb) {
   if (!nvars) sb_printf(sb, "  (void)m;\n  (void)t;\n");
   sb_printf(sb, "}\n\n");
   sb_printf(sb,
-            "int %s_save(%s *m, const char *path) {\n"
+            "int %s_save(%s *m, const char *path) {\n%s"
             "  flrt_tensor tensors[VARIABLE_COUNT + 1];\n  describe_variables(m, tensors);\n"
             "  char state[160];\n"
             "  snprintf(state, sizeof state, \"step=%%lld consumed=%%lld dropout_runs=%%llu seed=%%llu\",\n"
@@ -626,7 +630,7 @@ static void emit_lifecycle(const emit_model *em, strbuf *sb) {
             "  char err[512];\n"
             "  if (flrt_checkpoint_save(path, tensors, VARIABLE_COUNT, keys, values, 2, err, sizeof err))\n"
             "    return fail(m, \"%%s\", err);\n  return 0;\n}\n\n",
-            p, p, p);
+            p, p, before_save, p);
   sb_printf(sb,
             "int %s_load(%s *m, const char *path) {\n"
             "  flrt_tensor tensors[VARIABLE_COUNT + 1];\n  describe_variables(m, tensors);\n"
@@ -636,9 +640,9 @@ static void emit_lifecycle(const emit_model *em, strbuf *sb) {
             "  long long step = 0, consumed = 0;\n  unsigned long long runs = 0, seed = 0;\n"
             "  if (sscanf(state, \"step=%%lld consumed=%%lld dropout_runs=%%llu seed=%%llu\", &step, &consumed, &runs, &seed) != 4)\n"
             "    return fail(m, \"%%s: no flowc training state in the checkpoint's metadata\", path);\n"
-            "  m->step = step;\n  m->consumed = consumed;\n  m->dropout_runs = runs;\n  m->seed = seed;\n"
+            "  m->step = step;\n  m->consumed = consumed;\n  m->dropout_runs = runs;\n  m->seed = seed;\n%s"
             "  return 0;\n}\n\n",
-            p, p);
+            p, p, after_load);
 }
 
 /* The function name of a fused group, the same for every entry that has the

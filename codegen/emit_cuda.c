@@ -358,51 +358,14 @@ static int emit_lifecycle(const cuda_model *cm, strbuf *sb) {
                 "  if (flcu_copy_out(&m->gpu->dev, &m->vars, m->gpu->vars, sizeof m->vars))\n"
                 "    return gpu_failed(m, \"download of the variables\");\n"
                 "  m->host_vars_stale = false;\n  return 0;\n}\n\n", p, p);
-  /* checkpoints: the C backend's names, layout and metadata */
-  int nvars = 0;
-  for (int i = 0; i < g->nnodes; i++) nvars += g->nodes[i].op == FL_OP_VARIABLE;
-  sb_printf(sb, "enum { VARIABLE_COUNT = %d };\n\n", nvars);
-  sb_printf(sb, "/* The checkpoint's view of the variables: TensorFlow's names, as the CPU build. */\n"
-                "static void describe_variables(%s *m, flrt_tensor *t) {\n", p);
-  int k = 0;
-  for (int i = 0; i < g->nnodes; i++) {
-    const fl_node *v = &g->nodes[i];
-    if (v->op != FL_OP_VARIABLE) continue;
-    char name[256];
-    fl_checkpoint_name(g, i, name, sizeof name);
-    sb_printf(sb, "  t[%d] = (flrt_tensor){\"%s\", %s, %d, {", k++, name, emit_rt_dtype(v->dtype), v->shape.rank);
-    for (int j = 0; j < v->shape.rank; j++) sb_printf(sb, "%s%lld", j ? ", " : "", (long long)v->shape.dims[j].coef);
-    sb_printf(sb, "%s}, m->vars.%s};\n", v->shape.rank ? "" : "0", em->var_names[i]);
-  }
-  if (!nvars) sb_printf(sb, "  (void)m;\n  (void)t;\n");
-  sb_printf(sb, "}\n\n");
-  sb_printf(sb,
-            "int %s_save(%s *m, const char *path) {\n"
-            "  if (%s_fetch_variables(m)) return -1;\n"
-            "  flrt_tensor tensors[VARIABLE_COUNT + 1];\n  describe_variables(m, tensors);\n"
-            "  char state[160];\n"
-            "  snprintf(state, sizeof state, \"step=%%lld consumed=%%lld dropout_runs=%%llu seed=%%llu\",\n"
-            "           (long long)m->step, (long long)m->consumed, (unsigned long long)m->dropout_runs,\n"
-            "           (unsigned long long)m->seed);\n"
-            "  const char *keys[] = {\"flowc_model\", \"flowc_state\"};\n"
-            "  const char *values[] = {\"%s\", state};\n"
-            "  char err[512];\n"
-            "  if (flrt_checkpoint_save(path, tensors, VARIABLE_COUNT, keys, values, 2, err, sizeof err))\n"
-            "    return fail(m, \"%%s\", err);\n  return 0;\n}\n\n",
-            p, p, p, p);
-  sb_printf(sb,
-            "int %s_load(%s *m, const char *path) {\n"
-            "  flrt_tensor tensors[VARIABLE_COUNT + 1];\n  describe_variables(m, tensors);\n"
-            "  char state[160] = \"\", err[512];\n"
-            "  if (flrt_checkpoint_load(path, tensors, VARIABLE_COUNT, \"flowc_state\", state, sizeof state, err, sizeof err))\n"
-            "    return fail(m, \"%%s\", err);\n"
-            "  long long step = 0, consumed = 0;\n  unsigned long long runs = 0, seed = 0;\n"
-            "  if (sscanf(state, \"step=%%lld consumed=%%lld dropout_runs=%%llu seed=%%llu\", &step, &consumed, &runs, &seed) != 4)\n"
-            "    return fail(m, \"%%s: no flowc training state in the checkpoint's metadata\", path);\n"
-            "  m->step = step;\n  m->consumed = consumed;\n  m->dropout_runs = runs;\n  m->seed = seed;\n"
-            "  m->gpu_vars_stale = true; /* uploaded before the next run */\n  m->host_vars_stale = false;\n"
-            "  return 0;\n}\n\n",
-            p, p);
+  /* checkpoints: the C backend's names, layout and metadata; the variables
+   * come from the device before a save and go back before the next run */
+  char before_save[160];
+  snprintf(before_save, sizeof before_save, "  if (%s_fetch_variables(m)) return -1;\n", p);
+  emit_checkpoint_functions(em, before_save,
+                            "  m->gpu_vars_stale = true; /* uploaded before the next run */\n"
+                            "  m->host_vars_stale = false;\n",
+                            sb);
   return 0;
 }
 

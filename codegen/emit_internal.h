@@ -70,6 +70,10 @@ int emit_init_function(const emit_model *em, strbuf *sb);
 void emit_flops_function(const emit_model *em, const emit_entry *e, strbuf *sb);
 const char *emit_fused_name(emit_model *em, const fl_group *grp);
 
+/* NAME_save, NAME_load and the table behind them; before_save and after_load
+ * are statements a backend adds to them (may be ""). */
+void emit_checkpoint_functions(const emit_model *em, const char *before_save, const char *after_load, strbuf *sb);
+
 /* Writes main.c: the training driver over the model's entries. */
 int emit_main(const emit_model *em, strbuf *sb);
 
