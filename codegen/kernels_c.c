@@ -404,7 +404,7 @@ bool kernel_needs_scratch(fl_op op) {
 
 /* The symbols a kernel takes, as parameters (type "int64_t ") or arguments
  * (type ""), after `more` earlier ones; returns how many it wrote. */
-static int emit_sym_list(const fl_graph *g, const bool *uses, bool more, const char *type, strbuf *sb) {
+int kernel_sym_list(const fl_graph *g, const bool *uses, bool more, const char *type, strbuf *sb) {
   int count = 0;
   for (int s = 0; s < g->nsyms && s < 64; s++)
     if (uses[s]) {
@@ -470,7 +470,7 @@ void emit_kernel(const fl_graph *g, int id, strbuf *sb) {
   if (n->op == FL_OP_DROPOUT_MASK) sb_printf(sb, "%suint64_t seed, uint64_t run", nparams++ ? ", " : "");
   bool uses[64];
   emit_node_syms(g, n, uses);
-  nparams += emit_sym_list(g, uses, nparams > 0, "int64_t ", sb);
+  nparams += kernel_sym_list(g, uses, nparams > 0, "int64_t ", sb);
   if (!nparams) sb_printf(sb, "void");
   sb_printf(sb, ") {\n");
 
@@ -495,7 +495,7 @@ void emit_kernel_call(const fl_graph *g, int id, const char *const *buffers,
   if (n->op == FL_OP_DROPOUT_MASK) sb_printf(sb, "%sm->seed, m->dropout_runs", nargs++ ? ", " : "");
   bool uses[64];
   emit_node_syms(g, n, uses);
-  emit_sym_list(g, uses, nargs > 0, "", sb);
+  kernel_sym_list(g, uses, nargs > 0, "", sb);
   sb_printf(sb, ");\n");
 }
 
@@ -566,7 +566,7 @@ static bool group_needs_scratch(const fl_graph *g, const fl_group *grp) {
   return false;
 }
 
-static void group_syms(const fl_graph *g, const fl_group *grp, bool *uses) {
+void kernel_group_syms(const fl_graph *g, const fl_group *grp, bool *uses) {
   bool one[64];
   memset(uses, 0, sizeof(bool) * 64);
   for (int i = 0; i < grp->nnodes; i++) {
@@ -711,8 +711,8 @@ void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname
     sb_printf(sb, "%s%s *restrict out%d", nparams++ ? ", " : "", emit_ctype(g->nodes[outs[i]].dtype), i);
   if (group_needs_scratch(g, grp)) sb_printf(sb, "%sfloat *restrict scratch", nparams++ ? ", " : "");
   bool uses[64];
-  group_syms(g, grp, uses);
-  nparams += emit_sym_list(g, uses, nparams > 0, "int64_t ", sb);
+  kernel_group_syms(g, grp, uses);
+  nparams += kernel_sym_list(g, uses, nparams > 0, "int64_t ", sb);
   if (!nparams) sb_printf(sb, "void");
   sb_printf(sb, ") {\n");
   switch (grp->kind) {
@@ -737,8 +737,8 @@ void emit_group_call(const fl_graph *g, const fl_group *grp, const char *fname, 
   for (int i = 0; i < nouts; i++) sb_printf(sb, "%s%s", nargs++ ? ", " : "", buffers[outs[i]]);
   if (group_needs_scratch(g, grp)) sb_printf(sb, "%s%s", nargs++ ? ", " : "", scratch);
   bool uses[64];
-  group_syms(g, grp, uses);
-  emit_sym_list(g, uses, nargs > 0, "", sb);
+  kernel_group_syms(g, grp, uses);
+  kernel_sym_list(g, uses, nargs > 0, "", sb);
   sb_printf(sb, ");\n");
   free(ins);
 }

@@ -31,4 +31,11 @@ int group_inputs(const fl_graph *g, const fl_group *grp, int *ins);
 void kernel_elementwise_expr(const fl_graph *g, const fl_node *n, const char *a, const char *b, char *buf,
                              size_t cap);
 
+/* The symbols any member of a group uses (uses[sym], at most 64 symbols). */
+void kernel_group_syms(const fl_graph *g, const fl_group *grp, bool *uses);
+/* The symbols marked in uses, as parameters or arguments: each written as
+ * TYPE NAME ("int64_t N", "(void *)&N"), comma-separated, after `more` earlier
+ * ones. Returns how many it wrote. */
+int kernel_sym_list(const fl_graph *g, const bool *uses, bool more, const char *type, strbuf *sb);
+
 #endif

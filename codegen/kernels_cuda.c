@@ -69,15 +69,6 @@ static int *inputs_of(const fl_graph *g, const fl_group *grp, int *count) {
   return ins;
 }
 
-static void group_syms(const fl_graph *g, const fl_group *grp, bool *uses) {
-  bool one[64];
-  memset(uses, 0, sizeof(bool) * 64);
-  for (int i = 0; i < grp->nnodes; i++) {
-    emit_node_syms(g, &g->nodes[grp->nodes[i]], one);
-    for (int s = 0; s < g->nsyms && s < 64; s++) uses[s] |= one[s];
-  }
-}
-
 /* The product of dims [from, to) of s, parenthesised when it is a product. */
 static void product(const fl_graph *g, const fl_shape *s, int from, int to, char *buf, size_t cap) {
   char raw[256];
@@ -171,13 +162,8 @@ static void kernel_open(const fl_graph *g, const fl_group *grp, const char *name
     sb_printf(cu, "%s%s *__restrict__ out%d", n++ ? ", " : "", ctype(g->nodes[outs[i]].dtype), i);
   if (extra && *extra) sb_printf(cu, "%s%s", n++ ? ", " : "", extra);
   bool uses[64];
-  group_syms(g, grp, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char sym[64];
-      fl_sym_c_name(g, s, sym, sizeof sym);
-      sb_printf(cu, "%sunsigned %s", n++ ? ", " : "", sym);
-    }
+  kernel_group_syms(g, grp, uses);
+  n += kernel_sym_list(g, uses, n > 0, "unsigned ", cu);
   sb_printf(cu, ") {\n");
 }
 
@@ -190,13 +176,8 @@ static void launch(const fl_graph *g, const fl_group *grp, const char *name, con
   int n = 0;
   for (int i = 0; i < nargs; i++) sb_printf(host, "%s(void *)&%s", n++ ? ", " : "", args[i]);
   bool uses[64];
-  group_syms(g, grp, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char sym[64];
-      fl_sym_c_name(g, s, sym, sizeof sym);
-      sb_printf(host, "%s(void *)&%s", n++ ? ", " : "", sym);
-    }
+  kernel_group_syms(g, grp, uses);
+  n += kernel_sym_list(g, uses, n > 0, "(void *)&", host);
   if (!n) sb_printf(host, "NULL");
   sb_printf(host, "};\n    flcu_launch(d, FN(%s), \"%s\", %s, %s, %s, %d, %d, args);\n  }\n", name, name, grid_x,
             grid_y, grid_z, block_x, block_y);
@@ -681,13 +662,8 @@ static void im2col_kernel(const fl_graph *g, const fl_group *grp, const fl_node 
   kernel_comment(g, grp, "im2col of the input: one thread per entry of the (positions x window) matrix", cu);
   sb_printf(cu, "extern \"C\" __global__ void %s(const float *__restrict__ x, float *__restrict__ cols", name);
   bool uses[64];
-  group_syms(g, grp, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char sym[64];
-      fl_sym_c_name(g, s, sym, sizeof sym);
-      sb_printf(cu, ", unsigned %s", sym);
-    }
+  kernel_group_syms(g, grp, uses);
+  kernel_sym_list(g, uses, true, "unsigned ", cu);
   sb_printf(cu, ") {\n  const unsigned H = %lld, W = %lld, C = %lld, KW = %lld, OH = %lld, OW = %lld;\n"
                 "  const unsigned SH = %lld, SW = %lld, PT = %lld, PL = %lld, K = %lld * KW * C;\n",
             (long long)w.in_h, (long long)w.in_w, (long long)w.in_c, (long long)w.k_w, (long long)w.out_h,
@@ -713,13 +689,8 @@ static void col2im_kernel(const fl_graph *g, const fl_group *grp, const fl_node 
   kernel_comment(g, grp, "col2im of the window gradients: one thread per input element, gathering", cu);
   sb_printf(cu, "extern \"C\" __global__ void %s(const float *__restrict__ cols, float *__restrict__ dx", name);
   bool uses[64];
-  group_syms(g, grp, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char sym[64];
-      fl_sym_c_name(g, s, sym, sizeof sym);
-      sb_printf(cu, ", unsigned %s", sym);
-    }
+  kernel_group_syms(g, grp, uses);
+  kernel_sym_list(g, uses, true, "unsigned ", cu);
   sb_printf(cu, ") {\n  const int H = %lld, W = %lld, C = %lld, KH = %lld, KW = %lld, OH = %lld, OW = %lld;\n"
                 "  const int SH = %lld, SW = %lld, PT = %lld, PL = %lld, K = KH * KW * C;\n",
             (long long)w.in_h, (long long)w.in_w, (long long)w.in_c, (long long)w.k_h, (long long)w.k_w,
@@ -1012,13 +983,8 @@ static void epilogue_kernel(const fl_graph *g, const fl_group *grp, const char *
                  cu);
   sb_printf(cu, "extern \"C\" __global__ void %s(float *__restrict__ out, const float *__restrict__ bias", name);
   bool uses[64];
-  group_syms(g, grp, uses);
-  for (int s = 0; s < g->nsyms && s < 64; s++)
-    if (uses[s]) {
-      char sym[64];
-      fl_sym_c_name(g, s, sym, sizeof sym);
-      sb_printf(cu, ", unsigned %s", sym);
-    }
+  kernel_group_syms(g, grp, uses);
+  kernel_sym_list(g, uses, true, "unsigned ", cu);
   (void)add;
   sb_printf(cu, ") {\n  const unsigned channels = %s;\n  FLOWC_FOR(i, %s) {\n    const float v = out[i] + bias[i %% channels];\n",
             channels, size);
