@@ -347,3 +347,32 @@ Test(checkpoints, resume_with_dropout_matches, .timeout = 240) {
   snprintf(part, sizeof part, "%s/part.safetensors", dir);
   cr_assert(e2e_files_equal(whole, part), "a resumed run with dropout did not reach the uninterrupted weights");
 }
+
+/* flowc dump --after fusion shows each entry's kernels; --after rejects an
+ * unknown stage; build --report prints each entry's planned arena. */
+Test(build, fusion_dump_and_memory_report, .timeout = 120) {
+  const char *dir = e2e_scratch("report");
+  char *out = NULL;
+  int rc = e2e_run(&out, "'%s/compiler/flowc' dump --after fusion '%s/examples/mnist_deep.flow'", e2e_build_root(),
+                   e2e_source_root());
+  cr_assert_eq(rc, 0, "%s", out);
+  cr_assert(strstr(out, "entry train_step:") && strstr(out, "(epilogue): %") && strstr(out, "(softmax_xent):") &&
+                strstr(out, "(updates):") && strstr(out, "relu (h_conv1) -> %"),
+            "the fusion dump should list the train step's fused groups:\n%s", out);
+  free(out);
+  rc = e2e_run(&out, "'%s/compiler/flowc' dump --after lunch '%s/examples/mnist_deep.flow'", e2e_build_root(),
+               e2e_source_root());
+  cr_assert_eq(rc, 2, "an unknown stage is a usage error:\n%s", out);
+  cr_assert(strstr(out, "lunch"), "the message should name the stage:\n%s", out);
+  free(out);
+  rc = e2e_run(&out, "'%s/compiler/flowc' build --report '%s/examples/mnist_deep.flow' -o '%s/deep'", e2e_build_root(),
+               e2e_source_root(), dir);
+  cr_assert_eq(rc, 0, "%s", out);
+  double arena = -1, unplanned = -1;
+  const char *line = strstr(out, "entry train_step");
+  cr_assert(line && strstr(out, "peak"), "no memory report:\n%s", out);
+  cr_assert_eq(sscanf(strstr(line, "arena") + 5, "%lf MiB (%lf", &arena, &unplanned), 2, "%s", line);
+  cr_assert(arena > 0 && arena < unplanned, "the planned arena (%.2f MiB) should be smaller than one buffer per "
+            "tensor (%.2f MiB)", arena, unplanned);
+  free(out);
+}
