@@ -216,7 +216,8 @@ void kernel_scratch_statement(const fl_graph *g, const fl_node *n, const char *t
   conv_shapes(g, n, &x, &w);
   sb_printf(sb, "  {\n  ");
   emit_window(g, n, x, w->dims[0].coef, w->dims[1].coef, sb);
-  sb_printf(sb, "    %s = flrt_conv2d_scratch(&w) * sizeof(float); /* im2col scratch of %%%d */\n  }\n", target, n->id);
+  sb_printf(sb, "    %s = flrt_conv2d_scratch(&w, %lld) * sizeof(float); /* convolution scratch of %%%d */\n  }\n",
+            target, (long long)w->dims[3].coef, n->id);
 }
 
 size_t kernel_scratch_bytes(const fl_graph *g, const fl_node *n, int64_t batch) {
@@ -226,7 +227,7 @@ size_t kernel_scratch_bytes(const fl_graph *g, const fl_node *n, int64_t batch) 
   flrt_window_init(&win, fl_dim_value(x->dims[0], batch), x->dims[1].coef, x->dims[2].coef, x->dims[3].coef,
                    w->dims[0].coef, w->dims[1].coef, n->attr.strides[0], n->attr.strides[1],
                    n->attr.padding == FL_PAD_SAME);
-  return flrt_conv2d_scratch(&win) * sizeof(float);
+  return flrt_conv2d_scratch(&win, w->dims[3].coef) * sizeof(float);
 }
 
 static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb) {

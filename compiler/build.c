@@ -40,12 +40,20 @@ static int write_makefile(const char *dir, const char *name) {
   int n = snprintf(text, sizeof text,
                    "# Makefile - builds %s from the sources flowc emitted (make; ./%s --help).\n"
                    "CC ?= cc\n"
-                   "CFLAGS ?= -O3 -march=native\n"
-                   "BLAS_CFLAGS := $(shell pkg-config --cflags openblas 2>/dev/null)\n"
-                   "BLAS_LIBS := $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)\n"
+                   "CFLAGS ?= -O3 -march=native -fno-math-errno -ffp-contract=fast\n"
+                   "# OpenBLAS's OpenMP build shares its threads with the generated loops\n"
+                   "# (Debian: libopenblas-openmp-dev); otherwise the default OpenBLAS.\n"
+                   "MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null)\n"
+                   "OMP_BLAS := /usr/lib/$(MULTIARCH)/openblas-openmp\n"
+                   "ifneq ($(MULTIARCH),)\nifneq ($(wildcard $(OMP_BLAS)/libopenblas.so),)\n"
+                   "BLAS_CFLAGS := -I/usr/include/$(MULTIARCH)/openblas-openmp\n"
+                   "BLAS_LIBS := -L$(OMP_BLAS) -Wl,-rpath,$(OMP_BLAS) -lopenblas\n"
+                   "endif\nendif\n"
+                   "BLAS_CFLAGS ?= $(shell pkg-config --cflags openblas 2>/dev/null)\n"
+                   "BLAS_LIBS ?= $(shell pkg-config --libs openblas 2>/dev/null || echo -lopenblas)\n"
                    "SOURCES := $(wildcard *.c)\n\n"
                    "%s: $(SOURCES) $(wildcard *.h)\n"
-                   "\t$(CC) -std=c99 $(CFLAGS) $(BLAS_CFLAGS) -o $@ $(SOURCES) $(BLAS_LIBS) -lz -lcurl -lm\n\n"
+                   "\t$(CC) -std=c99 $(CFLAGS) -fopenmp $(BLAS_CFLAGS) -o $@ $(SOURCES) $(BLAS_LIBS) -lz -lcurl -lm\n\n"
                    "clean:\n\trm -f %s\n.PHONY: clean\n",
                    name, name, name, name);
   return write_text(dir, "Makefile", text, (size_t)n);
@@ -125,6 +133,31 @@ static int split_flags(char *flags, char **argv, int at, int max) {
   return at;
 }
 
+/* The compiler and linker flags for OpenBLAS and OpenMP. The generated loops
+ * and the convolutions thread with OpenMP; OpenBLAS's OpenMP build then shares
+ * the same threads, where its default pthreads build keeps its own spinning
+ * between calls and the two fight over the cores (the program then runs its
+ * loops on one thread). Debian installs the OpenMP build beside the default
+ * (libopenblas-openmp-dev) without making it the default, so it is named by
+ * its folder, and found again at run time through the rpath. */
+static void blas_and_openmp_flags(const char *cc, char *flags, size_t cap) {
+  char multiarch[256] = "";
+  char *ask[] = {(char *)cc, "-print-multiarch", NULL};
+  if (capture(ask, multiarch, sizeof multiarch) == 0) multiarch[strcspn(multiarch, "\r\n")] = '\0';
+  char dir[512], lib[600];
+  snprintf(dir, sizeof dir, "/usr/lib/%s/openblas-openmp", multiarch);
+  snprintf(lib, sizeof lib, "%s/libopenblas.so", dir);
+  if (multiarch[0] && access(lib, R_OK) == 0) {
+    snprintf(flags, cap, "-I/usr/include/%s/openblas-openmp -L%s -Wl,-rpath,%s -lopenblas", multiarch, dir, dir);
+  } else {
+    char *pkg[] = {"pkg-config", "--cflags", "--libs", "openblas", NULL};
+    if (capture(pkg, flags, cap)) snprintf(flags, cap, "-lopenblas");
+    flags[strcspn(flags, "\r\n")] = '\0';
+  }
+  size_t used = strlen(flags);
+  snprintf(flags + used, cap - used, " -fopenmp");
+}
+
 /* After a failed compile: find which dependency is missing and say how to get it. */
 static void diagnose_missing(const char *cc, const char *dir) {
   static const struct {
@@ -179,14 +212,15 @@ int fl_build_program(const fl_graph *g, const fl_build_request *req) {
   snprintf(log, sizeof log, "%s/compile.log", dir);
   if (status == 0) {
     char flags[2048] = "";
-    char *pkg[] = {"pkg-config", "--cflags", "--libs", "openblas", NULL};
-    if (capture(pkg, flags, sizeof flags)) snprintf(flags, sizeof flags, "-lopenblas");
+    blas_and_openmp_flags(cc, flags, sizeof flags);
     char *argv[256];
     int argc = 0;
     argv[argc++] = (char *)cc;
     argv[argc++] = "-std=c99";
     argv[argc++] = "-O3";
     argv[argc++] = "-march=native";
+    argv[argc++] = "-fno-math-errno";     /* sqrtf and friends inline and vectorize */
+    argv[argc++] = "-ffp-contract=fast"; /* multiply-adds become FMAs, as in gnu99 */
     argv[argc++] = "-Wall";
     argv[argc++] = "-o";
     argv[argc++] = (char *)req->output;

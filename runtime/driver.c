@@ -20,6 +20,7 @@
 #define FLRT_USE_OPENBLAS_THREADS 1
 extern void openblas_set_num_threads(int);
 extern char *openblas_get_corename(void);
+extern int openblas_get_parallel(void); /* 0 sequential, 1 pthreads, 2 OpenMP */
 #endif
 #include <unistd.h>
 
@@ -265,9 +266,14 @@ void flrt_install_interrupt_handler(void) {
 bool flrt_interrupted(void) { return interrupt_requested != 0; }
 
 void flrt_set_threads(int n) {
-  if (n <= 0) return;
+#ifdef _OPENMP
+  if (n > 0) omp_set_num_threads(n);
 #ifdef FLRT_USE_OPENBLAS_THREADS
-  openblas_set_num_threads(n);
+  if (openblas_get_parallel() == 1) omp_set_num_threads(1);
+#endif
+#endif
+#ifdef FLRT_USE_OPENBLAS_THREADS
+  if (n > 0) openblas_set_num_threads(n);
 #endif
 }
 

@@ -177,10 +177,26 @@ bool flrt_interrupted(void);
  * to its generic kernels on a CPU with AVX2 or AVX-512 (a VM that hides the
  * CPU model). Call first thing in main; returns when nothing needs doing. */
 void flrt_select_blas_kernels(char **argv);
-/* Sets the BLAS thread count through openblas_set_num_threads; n <= 0 keeps
- * the library default. Compiled with -DFLRT_NO_BLAS or -DFLRT_NO_OPENBLAS it
- * does nothing (and needs no OpenBLAS to link). */
+/* Sets the thread count of OpenBLAS and of the OpenMP loops in generated code
+ * and in these kernels; n <= 0 keeps the libraries' defaults. The loops use
+ * one thread when OpenBLAS is not its OpenMP build: a pthreads OpenBLAS keeps
+ * its own threads spinning between calls, and the two would fight over the
+ * cores. Compiled with -DFLRT_NO_BLAS or -DFLRT_NO_OPENBLAS it needs no
+ * OpenBLAS to link. */
 void flrt_set_threads(int n);
+
+/* ---- threads ---------------------------------------------------------------
+ * FLRT_OMP(omp parallel for ...) is an OpenMP directive in a program built
+ * with -fopenmp and nothing otherwise (no unknown-pragma warnings). Loops of
+ * fewer than FLRT_PARALLEL_MIN elements stay on one thread: waking the others
+ * costs more than they save. */
+#ifdef _OPENMP
+#include <omp.h>
+#define FLRT_OMP(directive) _Pragma(#directive)
+#else
+#define FLRT_OMP(directive)
+#endif
+#define FLRT_PARALLEL_MIN 32768
 
 /* ---- kernels the generated code calls (runtime/kernels.c) -----------------
  * Shapes follow TensorFlow: images NHWC, filters HWIO. pad_top/pad_left are
@@ -206,12 +222,15 @@ void flrt_im2col(const flrt_window *w, const float *x, float *cols);
 /* The adjoint: adds each column entry back into dx (dx is zeroed first). */
 void flrt_col2im(const flrt_window *w, const float *cols, float *dx);
 
-/* conv2d forward and both gradients through im2col + sgemm; `cols` is scratch
- * of flrt_conv2d_scratch(w) floats. out_c is the number of filters. A 1x1
- * stride-1 VALID window needs no im2col: its scratch size is 0 and cols may be
+/* conv2d forward and both gradients: through im2col + sgemm, or, for a
+ * window of at most 64 entries (k_h * k_w * in_c), a direct convolution.
+ * `cols` is scratch of flrt_conv2d_scratch(w, out_c) floats, which depends on
+ * the thread count (OpenMP's, when built with -fopenmp). out_c is the number
+ * of filters. A 1x1 stride-1 VALID window needs no scratch and cols may be
  * NULL. Every output (out, dx, dfilter) is overwritten, not accumulated. */
-size_t flrt_conv2d_scratch(const flrt_window *w);
-/* Images per im2col chunk: the scratch holds one chunk's matrix, about 4 MiB. */
+size_t flrt_conv2d_scratch(const flrt_window *w, int64_t out_c);
+/* Images per chunk: the batch is split so that each thread gets the same
+ * number of chunks and a chunk's im2col matrix is at most about 4 MiB. */
 int64_t flrt_conv2d_chunk(const flrt_window *w);
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
                  float *out, float *cols);

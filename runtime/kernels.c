@@ -186,38 +186,275 @@ void flrt_col2im(const flrt_window *w, const float *cols, float *dx) {
 
 /* ---- conv2d -------------------------------------------------------------- */
 
-/* im2col works on a chunk of images at a time, so that its matrix (which the
- * GEMM reads right after) stays near the cache's size instead of the whole
- * batch's: 31 MiB for Deep MNIST's second layer at batch 50, 3.7 MiB per chunk. */
+/* The batch is cut into chunks of images. Each thread takes whole chunks, so
+ * that no two threads write the same output (col2im scatters into dx, and
+ * windows overlap only within an image), and each chunk's im2col matrix
+ * stays near the size of a cache rather than the whole batch's: 31 MiB for
+ * Deep MNIST's second layer at batch 50, 3 MiB per chunk. With one chunk (a
+ * small batch) the work runs on the calling thread and OpenBLAS may thread
+ * the one GEMM itself; inside a parallel region OpenMP's OpenBLAS runs each
+ * GEMM on the thread that called it. */
 #define CONV_CHUNK_FLOATS ((int64_t)1 << 20)
+
+/* A window of at most this many entries (k_h * k_w * in_c) runs as a direct
+ * convolution: its GEMM would be too thin to pay for im2col, which copies each
+ * input pixel k_h * k_w times (Deep MNIST's first layer: 25 entries, 32
+ * filters, and im2col + GEMM at a tenth of the machine's speed). */
+#define DIRECT_MAX_ENTRIES 64
+
+static int64_t max_threads(void) {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+static bool runs_direct(const flrt_window *w) {
+  return window_cols(w) <= DIRECT_MAX_ENTRIES && !is_pointwise(w);
+}
+
+/* A padded image: the rows and columns every window reads, zeros outside
+ * the image, so the direct loops need no bounds checks. */
+static int64_t padded_h(const flrt_window *w) { return (w->out_h - 1) * w->stride_h + w->k_h; }
+static int64_t padded_w(const flrt_window *w) { return (w->out_w - 1) * w->stride_w + w->k_w; }
 
 int64_t flrt_conv2d_chunk(const flrt_window *w) {
   const int64_t per_image = w->out_h * w->out_w * window_cols(w);
   int64_t chunk = per_image > 0 ? CONV_CHUNK_FLOATS / per_image : w->batch;
   if (chunk < 1) chunk = 1;
-  return chunk < w->batch ? chunk : w->batch;
+  if (runs_direct(w)) chunk = 1; /* the direct loops work an image at a time */
+  const int64_t threads = max_threads();
+  if (w->batch <= 1 || threads <= 1) return chunk < w->batch ? chunk : (w->batch > 0 ? w->batch : 1);
+  /* Enough chunks for every thread and a whole number of them per thread,
+   * so that no thread waits on a last odd chunk. */
+  int64_t chunks = (w->batch + chunk - 1) / chunk;
+  if (chunks < threads) chunks = threads;
+  chunks = (chunks + threads - 1) / threads * threads;
+  chunk = (w->batch + chunks - 1) / chunks;
+  return chunk < 1 ? 1 : chunk;
 }
 
-size_t flrt_conv2d_scratch(const flrt_window *w) {
+static int64_t chunk_count(const flrt_window *w) {
+  const int64_t chunk = flrt_conv2d_chunk(w);
+  return (w->batch + chunk - 1) / chunk;
+}
+
+/* Threads that get a chunk: never more than there are chunks. */
+static int64_t chunk_threads(const flrt_window *w) {
+  const int64_t threads = max_threads(), chunks = chunk_count(w);
+  return chunks < threads ? (chunks > 0 ? chunks : 1) : threads;
+}
+
+/* Floats of one thread's share of the scratch: its chunk's im2col matrix
+ * (which the gradient of the input needs also where the forward pass and the
+ * filter gradient run direct) or padded image, then its partial filter
+ * gradient. */
+static int64_t thread_scratch(const flrt_window *w, int64_t out_c) {
+  int64_t work = flrt_conv2d_chunk(w) * w->out_h * w->out_w * window_cols(w);
+  if (runs_direct(w) && padded_h(w) * padded_w(w) * w->in_c > work) work = padded_h(w) * padded_w(w) * w->in_c;
+  return (int64_t)(flrt_align((size_t)work * sizeof(float)) / sizeof(float)) + window_cols(w) * out_c;
+}
+
+size_t flrt_conv2d_scratch(const flrt_window *w, int64_t out_c) {
   /* The pointwise case works on x, dx and the outputs directly. */
-  if (is_pointwise(w)) return 0;
-  return (size_t)(flrt_conv2d_chunk(w) * w->out_h * w->out_w * window_cols(w));
+  if (is_pointwise(w) || window_rows(w) <= 0) return 0;
+  return (size_t)(chunk_threads(w) * thread_scratch(w, out_c));
+}
+
+static void pad_image(const flrt_window *w, const float *img, float *padded) {
+  const int64_t C = w->in_c, ph = padded_h(w), pw = padded_w(w);
+  const int64_t cols = w->in_w < pw - w->pad_left ? w->in_w : pw - w->pad_left;
+  zero(padded, ph * pw * C);
+  for (int64_t ih = 0; ih < w->in_h && ih + w->pad_top < ph; ih++)
+    if (cols > 0)
+      memcpy(padded + ((ih + w->pad_top) * pw + w->pad_left) * C, img + ih * w->in_w * C,
+             (size_t)(cols * C) * sizeof *img);
+}
+
+/* Output pixels per step of the direct loops, and filters per vector block:
+ * PIXELS x FILTERS accumulators (8 AVX-512 or 16 AVX2 registers) stay in
+ * registers while the window is walked, each filter row loaded once for
+ * PIXELS products. */
+#define PIXELS 8
+#define FILTERS 16
+
+/* FILTERS floats as one value: GCC and Clang keep it in a vector register
+ * (or two) on every target, where their vectorizer mangles the same loops
+ * written with arrays. Other compilers get the arrays. */
+#ifdef __GNUC__
+typedef float filters_vec __attribute__((vector_size(FILTERS * sizeof(float))));
+#endif
+
+/* PIXELS output pixels x FILTERS filters of one output row, the window
+ * walked once with the accumulators in registers. */
+static void direct_block(const float *in_row, int64_t in_step, int64_t pixel_step, int64_t entries,
+                         int64_t k_h, const float *filter, int64_t filter_row_step, int64_t O, float *out) {
+#ifdef __GNUC__
+  filters_vec acc[PIXELS];
+  for (int p = 0; p < PIXELS; p++) acc[p] = (filters_vec){0};
+  for (int64_t kh = 0; kh < k_h; kh++) {
+    const float *in = in_row + kh * in_step, *f = filter + kh * filter_row_step;
+    for (int64_t e = 0; e < entries; e++, f += O) {
+      filters_vec fv;
+      memcpy(&fv, f, sizeof fv);
+      for (int p = 0; p < PIXELS; p++) acc[p] += in[p * pixel_step + e] * fv;
+    }
+  }
+  for (int p = 0; p < PIXELS; p++) memcpy(out + p * O, &acc[p], sizeof acc[p]);
+#else
+  float acc[PIXELS][FILTERS] = {{0}};
+  for (int64_t kh = 0; kh < k_h; kh++) {
+    const float *in = in_row + kh * in_step, *f = filter + kh * filter_row_step;
+    for (int64_t e = 0; e < entries; e++, f += O)
+      for (int p = 0; p < PIXELS; p++)
+        for (int j = 0; j < FILTERS; j++) acc[p][j] += in[p * pixel_step + e] * f[j];
+  }
+  for (int p = 0; p < PIXELS; p++) memcpy(out + p * O, acc[p], sizeof acc[p]);
+#endif
+}
+
+/* The filter gradient's counterpart: dfilter rows (one per window entry) +=
+ * sum over PIXELS pixels of in * dy, the pixels' dy held in registers. */
+static void direct_grad_block(const float *in_row, int64_t in_step, int64_t pixel_step, int64_t entries,
+                              int64_t k_h, const float *dy, int64_t O, float *dfilter) {
+#ifdef __GNUC__
+  filters_vec g[PIXELS];
+  for (int p = 0; p < PIXELS; p++) memcpy(&g[p], dy + p * O, sizeof g[p]);
+  for (int64_t kh = 0; kh < k_h; kh++) {
+    const float *in = in_row + kh * in_step;
+    float *d = dfilter + kh * entries * O;
+    for (int64_t e = 0; e < entries; e++, d += O) {
+      filters_vec acc;
+      memcpy(&acc, d, sizeof acc);
+      for (int p = 0; p < PIXELS; p++) acc += in[p * pixel_step + e] * g[p];
+      memcpy(d, &acc, sizeof acc);
+    }
+  }
+#else
+  for (int64_t kh = 0; kh < k_h; kh++) {
+    const float *in = in_row + kh * in_step;
+    float *d = dfilter + kh * entries * O;
+    for (int64_t e = 0; e < entries; e++, d += O)
+      for (int p = 0; p < PIXELS; p++)
+        for (int j = 0; j < FILTERS; j++) d[j] += in[p * pixel_step + e] * dy[p * O + j];
+  }
+#endif
+}
+
+/* One image's output row: out[ow][o] = sum over the window of in * filter. */
+static void direct_row(const flrt_window *w, int64_t O, const float *padded, int64_t oh,
+                       const float *filter, float *out) {
+  const int64_t C = w->in_c, pw = padded_w(w), sw = w->stride_w, entries = w->k_w * C;
+  const float *in_row = padded + oh * w->stride_h * pw * C;
+  for (int64_t ow0 = 0; ow0 < w->out_w; ow0 += PIXELS) {
+    const int64_t pixels = w->out_w - ow0 < PIXELS ? w->out_w - ow0 : PIXELS;
+    const float *in = in_row + ow0 * sw * C;
+    for (int64_t o0 = 0; o0 < O; o0 += FILTERS) {
+      const int64_t width = O - o0 < FILTERS ? O - o0 : FILTERS;
+      if (pixels == PIXELS && width == FILTERS) {
+        direct_block(in, pw * C, sw * C, entries, w->k_h, filter + o0, entries * O, O, out + ow0 * O + o0);
+        continue;
+      }
+      for (int64_t p = 0; p < pixels; p++) { /* the edges: one output at a time */
+        float *o = out + (ow0 + p) * O + o0;
+        for (int64_t j = 0; j < width; j++) o[j] = 0.0f;
+        for (int64_t kh = 0; kh < w->k_h; kh++)
+          for (int64_t e = 0; e < entries; e++) {
+            const float v = in[kh * pw * C + p * sw * C + e], *f = filter + (kh * entries + e) * O + o0;
+            for (int64_t j = 0; j < width; j++) o[j] += v * f[j];
+          }
+      }
+    }
+  }
+}
+
+/* One image's share of the filter gradient, added to dfilter:
+ * dfilter[e][o] += sum over output pixels of in(window entry e) * dy[o]. */
+static void direct_grad_filter_image(const flrt_window *w, int64_t O, const float *padded,
+                                     const float *dy, float *dfilter) {
+  const int64_t C = w->in_c, pw = padded_w(w), sw = w->stride_w, entries = w->k_w * C;
+  for (int64_t oh = 0; oh < w->out_h; oh++) {
+    const float *in_row = padded + oh * w->stride_h * pw * C;
+    for (int64_t ow0 = 0; ow0 < w->out_w; ow0 += PIXELS) {
+      const int64_t pixels = w->out_w - ow0 < PIXELS ? w->out_w - ow0 : PIXELS;
+      const float *in = in_row + ow0 * sw * C, *g = dy + (oh * w->out_w + ow0) * O;
+      for (int64_t o0 = 0; o0 < O; o0 += FILTERS) {
+        const int64_t width = O - o0 < FILTERS ? O - o0 : FILTERS;
+        if (pixels == PIXELS && width == FILTERS) {
+          direct_grad_block(in, pw * C, sw * C, entries, w->k_h, g + o0, O, dfilter + o0);
+          continue;
+        }
+        for (int64_t kh = 0; kh < w->k_h; kh++) /* the edges: one product at a time */
+          for (int64_t e = 0; e < entries; e++) {
+            float *d = dfilter + (kh * entries + e) * O + o0;
+            for (int64_t p = 0; p < pixels; p++) {
+              const float v = in[kh * pw * C + p * sw * C + e];
+              for (int64_t j = 0; j < width; j++) d[j] += v * g[p * O + o0 + j];
+            }
+          }
+      }
+    }
+  }
 }
 
 /* One chunk of a window's batch: images [first, first + part.batch). */
 typedef struct {
-  int64_t first, size;
+  int64_t first;
   flrt_window part;
 } conv_chunk;
 
-/* Steps c to the next chunk of w's batch (start from a zeroed conv_chunk). */
-static bool next_chunk(const flrt_window *w, conv_chunk *c) {
-  if (c->size == 0) c->size = flrt_conv2d_chunk(w);
-  else c->first += c->size;
-  if (c->first >= w->batch) return false;
-  c->part = *w;
-  c->part.batch = w->batch - c->first < c->size ? w->batch - c->first : c->size;
-  return true;
+typedef void chunk_work(const conv_chunk *chunk, float *scratch, void *ctx);
+
+/* Runs work on every chunk of w's batch. The chunks are shared out among the
+ * threads in fixed contiguous runs, and `scratch` is the running thread's
+ * share of cols, from its start (the chunk's matrix or padded image) and at
+ * partial_at (its partial filter gradient). Returns the threads used. */
+static int64_t for_each_chunk(const flrt_window *w, int64_t out_c, float *cols, chunk_work *work,
+                              void *ctx) {
+  const int64_t size = flrt_conv2d_chunk(w), chunks = chunk_count(w), threads = chunk_threads(w);
+  const int64_t share = thread_scratch(w, out_c), per_thread = (chunks + threads - 1) / threads;
+  FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads) if (threads > 1))
+  for (int64_t t = 0; t < threads; t++) {
+    for (int64_t c = t * per_thread; c < (t + 1) * per_thread && c < chunks; c++) {
+      conv_chunk chunk = {.first = c * size, .part = *w};
+      chunk.part.batch = w->batch - chunk.first < size ? w->batch - chunk.first : size;
+      work(&chunk, cols + t * share, ctx);
+    }
+  }
+  return threads;
+}
+
+/* Where a thread's partial filter gradient starts in its share. */
+static int64_t partial_at(const flrt_window *w, int64_t out_c) {
+  return thread_scratch(w, out_c) - window_cols(w) * out_c;
+}
+
+typedef struct {
+  const flrt_window *w;
+  int64_t out_c;
+  const float *x, *filter, *dy;
+  float *out, *dx;
+} conv_args;
+
+static void forward_chunk(const conv_chunk *c, float *scratch, void *ctx) {
+  const conv_args *a = ctx;
+  const flrt_window *w = &c->part;
+  const int64_t O = a->out_c, image_in = w->in_h * w->in_w * w->in_c, image_rows = w->out_h * w->out_w;
+  const float *x = a->x + c->first * image_in;
+  float *out = a->out + c->first * image_rows * O;
+  if (runs_direct(w)) {
+    for (int64_t n = 0; n < w->batch; n++) {
+      pad_image(w, x + n * image_in, scratch);
+      for (int64_t oh = 0; oh < w->out_h; oh++)
+        direct_row(w, O, scratch, oh, a->filter, out + (n * image_rows + oh * w->out_w) * O);
+    }
+    return;
+  }
+  /* out (P x O) = cols (P x K) @ filter (K x O): HWIO is already K x O. */
+  const int64_t K = window_cols(w);
+  flrt_im2col(w, x, scratch);
+  gemm(false, false, w->batch * image_rows, O, K, scratch, K, a->filter, O, out, O, false);
 }
 
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
@@ -228,13 +465,19 @@ void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const floa
     gemm(false, false, window_rows(w), O, K, x, K, filter, O, out, O, false);
     return;
   }
-  /* out (P x O) = cols (P x K) @ filter (K x O): HWIO is already K x O. */
-  const int64_t image_in = w->in_h * w->in_w * w->in_c, image_rows = w->out_h * w->out_w;
-  for (conv_chunk c = {0}; next_chunk(w, &c);) {
-    flrt_im2col(&c.part, x + c.first * image_in, cols);
-    gemm(false, false, c.part.batch * image_rows, O, K, cols, K, filter, O, out + c.first * image_rows * O, O,
-         false);
-  }
+  conv_args a = {.w = w, .out_c = out_c, .x = x, .filter = filter, .out = out};
+  for_each_chunk(w, out_c, cols, forward_chunk, &a);
+}
+
+static void grad_input_chunk(const conv_chunk *c, float *scratch, void *ctx) {
+  const conv_args *a = ctx;
+  const flrt_window *w = &c->part;
+  const int64_t O = a->out_c, K = window_cols(w), image_rows = w->out_h * w->out_w;
+  /* dcols (P x K) = dy (P x O) @ filter^T (O x K), then scatter back (col2im
+   * zeroes its chunk of dx first). */
+  gemm(false, true, w->batch * image_rows, K, O, a->dy + c->first * image_rows * O, O, a->filter, O, scratch, K,
+       false);
+  flrt_col2im(w, scratch, a->dx + c->first * w->in_h * w->in_w * w->in_c);
 }
 
 void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy,
@@ -249,13 +492,27 @@ void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy
     zero(dx, w->batch * w->in_h * w->in_w * w->in_c);
     return;
   }
-  /* dcols (P x K) = dy (P x O) @ filter^T (O x K), then scatter back, a chunk
-   * of images at a time (col2im zeroes its chunk of dx first). */
-  const int64_t image_in = w->in_h * w->in_w * w->in_c, image_rows = w->out_h * w->out_w;
-  for (conv_chunk c = {0}; next_chunk(w, &c);) {
-    gemm(false, true, c.part.batch * image_rows, K, O, dy + c.first * image_rows * O, O, filter, O, cols, K, false);
-    flrt_col2im(&c.part, cols, dx + c.first * image_in);
+  conv_args a = {.w = w, .out_c = out_c, .filter = filter, .dy = dy, .dx = dx};
+  for_each_chunk(w, out_c, cols, grad_input_chunk, &a);
+}
+
+static void grad_filter_chunk(const conv_chunk *c, float *scratch, void *ctx) {
+  const conv_args *a = ctx;
+  const flrt_window *w = &c->part;
+  const int64_t O = a->out_c, K = window_cols(w), image_in = w->in_h * w->in_w * w->in_c;
+  const int64_t image_rows = w->out_h * w->out_w;
+  float *partial = scratch + partial_at(a->w, O);
+  const float *x = a->x + c->first * image_in, *dy = a->dy + c->first * image_rows * O;
+  if (runs_direct(w)) {
+    for (int64_t n = 0; n < w->batch; n++) {
+      pad_image(w, x + n * image_in, scratch);
+      direct_grad_filter_image(w, O, scratch, dy + n * image_rows * O, partial);
+    }
+    return;
   }
+  /* partial (K x O) += cols^T (K x rows) @ dy (rows x O). */
+  flrt_im2col(w, x, scratch);
+  gemm(true, false, K, O, w->batch * image_rows, scratch, K, dy, O, partial, O, true);
 }
 
 void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x,
@@ -266,12 +523,17 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
     gemm(true, false, K, O, P, x, K, dy, O, dfilter, O, false);
     return;
   }
-  /* dfilter (K x O) = sum over chunks of cols^T (K x rows) @ dy (rows x O). */
-  const int64_t image_in = w->in_h * w->in_w * w->in_c, image_rows = w->out_h * w->out_w;
-  for (conv_chunk c = {0}; next_chunk(w, &c);) {
-    flrt_im2col(&c.part, x + c.first * image_in, cols);
-    gemm(true, false, K, O, c.part.batch * image_rows, cols, K, dy + c.first * image_rows * O, O, dfilter, O,
-         c.first > 0);
+  /* Each thread sums its chunks into its own partial gradient; the partials
+   * are then added in thread order, so the result does not depend on which
+   * thread finished first. */
+  const int64_t threads = chunk_threads(w), share = thread_scratch(w, out_c), at = partial_at(w, out_c);
+  for (int64_t t = 0; t < threads; t++) zero(cols + t * share + at, K * O);
+  conv_args a = {.w = w, .out_c = out_c, .x = x, .dy = dy};
+  for_each_chunk(w, out_c, cols, grad_filter_chunk, &a);
+  memcpy(dfilter, cols + at, (size_t)(K * O) * sizeof *dfilter);
+  for (int64_t t = 1; t < threads; t++) {
+    const float *partial = cols + t * share + at;
+    for (int64_t i = 0; i < K * O; i++) dfilter[i] += partial[i];
   }
 }
 

@@ -100,6 +100,12 @@ static const conv_case conv_cases[] = {
     {2, 7, 5, 3, 1, 1, 1, 1, 4, false}, {2, 7, 5, 3, 1, 1, 1, 1, 4, true},
     {1, 7, 5, 3, 1, 1, 2, 2, 4, true},  {1, 5, 5, 2, 5, 5, 1, 1, 3, false},
     {1, 4, 4, 2, 4, 4, 1, 1, 3, true},  {1, 28, 28, 1, 5, 5, 1, 1, 4, true},
+    /* direct convolutions (at most 64 window entries) with whole and partial
+     * blocks of 8 pixels and 16 filters, and a stride */
+    {3, 12, 19, 2, 3, 3, 1, 1, 20, true}, {2, 11, 17, 4, 3, 3, 2, 2, 32, false},
+    {2, 28, 28, 1, 5, 5, 1, 1, 32, true},
+    /* just over the direct limit: im2col */
+    {2, 9, 10, 8, 3, 3, 1, 1, 16, true},
 };
 #define NCASES (sizeof conv_cases / sizeof conv_cases[0])
 
@@ -174,7 +180,7 @@ Test(conv2d, matches_naive) {
     init_case(&w, k);
     float *x = random_floats(image_size(&w)), *f = random_floats(filter_size(&w, k->o));
     float *out = random_floats(out_size(&w, k->o)); /* garbage: must be overwritten */
-    float *cols = random_floats(flrt_conv2d_scratch(&w));
+    float *cols = random_floats(flrt_conv2d_scratch(&w, k->o));
     double *want = malloc(out_size(&w, k->o) * sizeof *want);
     flrt_conv2d(&w, k->o, x, f, out, cols);
     naive_conv(FWD, &w, k->o, x, f, NULL, want);
@@ -193,7 +199,7 @@ Test(conv2d, gradients_match_naive) {
     float *x = random_floats(image_size(&w)), *f = random_floats(filter_size(&w, k->o));
     float *dy = random_floats(out_size(&w, k->o));
     float *dx = random_floats(image_size(&w)), *df = random_floats(filter_size(&w, k->o));
-    float *cols = random_floats(flrt_conv2d_scratch(&w));
+    float *cols = random_floats(flrt_conv2d_scratch(&w, k->o));
     double *want_dx = malloc(image_size(&w) * sizeof *want_dx);
     double *want_df = malloc(filter_size(&w, k->o) * sizeof *want_df);
     flrt_conv2d_grad_input(&w, k->o, dy, f, dx, cols);
@@ -217,7 +223,7 @@ Test(conv2d, gradients_are_adjoints) {
     size_t nx = image_size(&w), nf = filter_size(&w, k->o), ny = out_size(&w, k->o);
     float *x = random_floats(nx), *f = random_floats(nf), *dy = random_floats(ny);
     float *y = random_floats(ny), *dx = random_floats(nx), *df = random_floats(nf);
-    float *cols = random_floats(flrt_conv2d_scratch(&w));
+    float *cols = random_floats(flrt_conv2d_scratch(&w, k->o));
     flrt_conv2d(&w, k->o, x, f, y, cols);
     flrt_conv2d_grad_input(&w, k->o, dy, f, dx, cols);
     flrt_conv2d_grad_filter(&w, k->o, x, dy, df, cols);
@@ -232,7 +238,7 @@ Test(conv2d, gradients_are_adjoints) {
 Test(conv2d, pointwise_needs_no_scratch) {
   flrt_window w;
   flrt_window_init(&w, 2, 3, 3, 2, 1, 1, 1, 1, true);
-  cr_assert_eq(flrt_conv2d_scratch(&w), 0);
+  cr_assert_eq(flrt_conv2d_scratch(&w, 3), 0);
   float x[36], f[2 * 3] = {1, 2, 3, -1, 0.5f, 0}, out[54], dx[36], df[6];
   for (int i = 0; i < 36; i++) x[i] = (float)i;
   flrt_conv2d(&w, 3, x, f, out, NULL);
@@ -244,7 +250,7 @@ Test(conv2d, pointwise_needs_no_scratch) {
   flrt_conv2d_grad_filter(&w, 3, x, out, df, NULL);
   /* A strided 1x1 is not pointwise: it skips pixels. */
   flrt_window_init(&w, 1, 3, 3, 2, 1, 1, 2, 2, false);
-  cr_assert_eq(flrt_conv2d_scratch(&w), 4 * 2);
+  cr_assert_gt(flrt_conv2d_scratch(&w, 3), 0);
 }
 
 Test(conv2d, known_values) {
@@ -270,7 +276,7 @@ Test(conv2d, empty_batch) {
   flrt_window_init(&w, 0, 5, 5, 2, 3, 3, 1, 1, true);
   float f[3 * 3 * 2 * 2] = {0}, df[3 * 3 * 2 * 2];
   for (int i = 0; i < 36; i++) df[i] = 7.0f;
-  cr_assert_eq(flrt_conv2d_scratch(&w), 0);
+  cr_assert_eq(flrt_conv2d_scratch(&w, 2), 0);
   flrt_conv2d(&w, 2, NULL, f, NULL, NULL);
   flrt_conv2d_grad_input(&w, 2, NULL, f, NULL, NULL);
   flrt_conv2d_grad_filter(&w, 2, NULL, NULL, df, NULL);
@@ -281,7 +287,7 @@ Test(im2col, col2im_is_adjoint) {
   lcg_state = 4;
   flrt_window w;
   flrt_window_init(&w, 2, 7, 5, 3, 3, 3, 2, 2, true);
-  size_t nx = image_size(&w), nc = flrt_conv2d_scratch(&w);
+  size_t nx = image_size(&w), nc = (size_t)(w.batch * w.out_h * w.out_w * w.k_h * w.k_w * w.in_c);
   float *x = random_floats(nx), *c = random_floats(nc);
   float *cols = random_floats(nc), *dx = random_floats(nx);
   flrt_im2col(&w, x, cols);
@@ -494,7 +500,7 @@ Test(conv2d, batches_split_into_chunks_match_naive, .timeout = 120) {
   float *x = random_floats(image_size(&w)), *f = random_floats(filter_size(&w, O));
   float *dy = random_floats(out_size(&w, O)), *y = random_floats(out_size(&w, O));
   float *dx = random_floats(image_size(&w)), *df = random_floats(filter_size(&w, O));
-  float *cols = random_floats(flrt_conv2d_scratch(&w));
+  float *cols = random_floats(flrt_conv2d_scratch(&w, O));
   double *want_y = malloc(out_size(&w, O) * sizeof(double));
   double *want_dx = malloc(image_size(&w) * sizeof(double));
   double *want_df = malloc(filter_size(&w, O) * sizeof(double));
