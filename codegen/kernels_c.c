@@ -88,7 +88,7 @@ static void emit_elementwise(const fl_graph *g, const fl_node *n, strbuf *sb) {
       snprintf(i ? b : a, 300, "in%d[%s]", i, scalar ? "0" : "i");
     }
     elementwise_expr(g, n, a, b, expr, sizeof expr);
-    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    out[i] = %s;\n", size, expr);
+    sb_printf(sb, "  FLRT_PARALLEL_FOR(%s)\n  for (int64_t i = 0; i < %s; i++)\n    out[i] = %s;\n", size, size, expr);
     return;
   }
   char idx_a[256], idx_b[256], idx_out[256];
@@ -286,6 +286,9 @@ static void emit_update(const fl_graph *g, const fl_node *n, strbuf *sb) {
   emit_float(b2, sizeof b2, n->attr.beta2);
   emit_float(eps, sizeof eps, n->attr.epsilon);
   emit_float(mom, sizeof mom, n->attr.momentum);
+  if (n->op == FL_OP_APPLY_ADAM) /* its step size is computed first */
+    sb_printf(sb, "  const float lr_t = %s * sqrtf(1.0f - beta2_power[0]) / (1.0f - beta1_power[0]);\n", lr);
+  sb_printf(sb, "  FLRT_PARALLEL_FOR(%s)\n", size);
   switch (n->op) {
   case FL_OP_APPLY_SGD:
     sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    var[i] -= %s * grad[i];\n", size, lr);
@@ -295,7 +298,6 @@ static void emit_update(const fl_graph *g, const fl_node *n, strbuf *sb) {
                   "    var[i] -= %s * accum[i];\n  }\n", size, mom, lr);
     break;
   default: /* TensorFlow's Adam: bias correction folded into the step size */
-    sb_printf(sb, "  const float lr_t = %s * sqrtf(1.0f - beta2_power[0]) / (1.0f - beta1_power[0]);\n", lr);
     sb_printf(sb, "  for (int64_t i = 0; i < %s; i++) {\n", size);
     sb_printf(sb, "    m[i] = %s * m[i] + (1.0f - %s) * grad[i];\n", b1, b1);
     sb_printf(sb, "    v[i] = %s * v[i] + (1.0f - %s) * grad[i] * grad[i];\n", b2, b2);
@@ -591,7 +593,7 @@ static void emit_elementwise_group(const fl_graph *g, const fl_group *grp, const
   const char *indent;
   char out_idx[256] = "i";
   if (flat) {
-    sb_printf(sb, "  for (int64_t i = 0; i < %s; i++) {\n", size);
+    sb_printf(sb, "  FLRT_PARALLEL_FOR(%s)\n  for (int64_t i = 0; i < %s; i++) {\n", size, size);
     indent = "    ";
   } else {
     broadcast_index(g, &root->shape, root->shape.rank, out_idx, sizeof out_idx);
@@ -644,6 +646,7 @@ static void emit_epilogue_group(const fl_graph *g, const fl_group *grp, const in
   emit_dim(g, gemm->shape.dims[gemm->shape.rank - 1], channels, sizeof channels);
   sb_printf(sb, "  const int64_t channels = %s, rows = (%s) / channels;\n", channels, size);
   sb_printf(sb, "  const float *bias = in%d;\n", input_index(ins, nins, bias));
+  sb_printf(sb, "  FLRT_PARALLEL_FOR(rows * channels)\n");
   sb_printf(sb, "  for (int64_t r = 0; r < rows; r++) {\n    float *row = out + r * channels;\n"
                 "    for (int64_t c = 0; c < channels; c++) {\n      const float v = row[c] + bias[c];\n");
   sb_printf(sb, relu ? "      row[c] = v > 0.0f ? v : 0.0f;\n" : "      row[c] = v;\n");

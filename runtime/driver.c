@@ -266,6 +266,7 @@ void flrt_install_interrupt_handler(void) {
 bool flrt_interrupted(void) { return interrupt_requested != 0; }
 
 void flrt_set_threads(int n) {
+  (void)n; /* used by neither branch when built without OpenMP and OpenBLAS */
 #ifdef _OPENMP
   if (n > 0) omp_set_num_threads(n);
 #ifdef FLRT_USE_OPENBLAS_THREADS

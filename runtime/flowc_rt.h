@@ -197,6 +197,8 @@ void flrt_set_threads(int n);
 #define FLRT_OMP(directive)
 #endif
 #define FLRT_PARALLEL_MIN 32768
+/* Put before a loop over n independent elements. */
+#define FLRT_PARALLEL_FOR(n) FLRT_OMP(omp parallel for schedule(static) if ((n) >= FLRT_PARALLEL_MIN))
 
 /* ---- kernels the generated code calls (runtime/kernels.c) -----------------
  * Shapes follow TensorFlow: images NHWC, filters HWIO. pad_top/pad_left are

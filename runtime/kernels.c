@@ -542,25 +542,26 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
 /* Channels run innermost in NHWC, over contiguous memory: each window cell
  * updates all channels at once, which the compiler turns into vector max and
  * blend instructions. Padding cells are skipped rather than read as 0, so they
- * never win (as -inf would not). */
+ * never win (as -inf would not). Output rows are independent, so the threads
+ * share them out. */
 void flrt_max_pool(const flrt_window *w, const float *x, float *out) {
-  const int64_t C = w->in_c;
-  float *dst = out;
-  for (int64_t n = 0; n < w->batch; n++) {
+  const int64_t C = w->in_c, rows = w->batch * w->out_h;
+  FLRT_PARALLEL_FOR(rows * w->out_w * C)
+  for (int64_t r = 0; r < rows; r++) {
+    const int64_t n = r / w->out_h, oh = r % w->out_h;
     const float *img = x + n * w->in_h * w->in_w * C;
-    for (int64_t oh = 0; oh < w->out_h; oh++) {
-      for (int64_t ow = 0; ow < w->out_w; ow++, dst += C) {
-        float *restrict best = dst;
-        for (int64_t c = 0; c < C; c++) best[c] = -INFINITY;
-        for (int64_t kh = 0; kh < w->k_h; kh++) {
-          int64_t ih = oh * w->stride_h + kh - w->pad_top;
-          if (ih < 0 || ih >= w->in_h) continue;
-          for (int64_t kw = 0; kw < w->k_w; kw++) {
-            int64_t iw = ow * w->stride_w + kw - w->pad_left;
-            if (iw < 0 || iw >= w->in_w) continue;
-            const float *restrict px = img + (ih * w->in_w + iw) * C;
-            for (int64_t c = 0; c < C; c++) best[c] = px[c] > best[c] ? px[c] : best[c];
-          }
+    float *dst = out + r * w->out_w * C;
+    for (int64_t ow = 0; ow < w->out_w; ow++, dst += C) {
+      float *restrict best = dst;
+      for (int64_t c = 0; c < C; c++) best[c] = -INFINITY;
+      for (int64_t kh = 0; kh < w->k_h; kh++) {
+        int64_t ih = oh * w->stride_h + kh - w->pad_top;
+        if (ih < 0 || ih >= w->in_h) continue;
+        for (int64_t kw = 0; kw < w->k_w; kw++) {
+          int64_t iw = ow * w->stride_w + kw - w->pad_left;
+          if (iw < 0 || iw >= w->in_w) continue;
+          const float *restrict px = img + (ih * w->in_w + iw) * C;
+          for (int64_t c = 0; c < C; c++) best[c] = px[c] > best[c] ? px[c] : best[c];
         }
       }
     }
@@ -571,46 +572,102 @@ void flrt_max_pool(const flrt_window *w, const float *x, float *out) {
  * live in small stack arrays. */
 #define POOL_CHANNEL_BLOCK 256
 
-void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx) {
+/* Windows that tile the image exactly (2x2 windows with stride 2 on an even
+ * image, as in Deep MNIST): every input cell belongs to one window, so dx is
+ * written once, the window's gradient at its maximum and 0 elsewhere, with no
+ * zeroing pass and no scatter. */
+static bool pool_tiles_image(const flrt_window *w) {
+  return w->stride_h == w->k_h && w->stride_w == w->k_w && w->pad_top == 0 && w->pad_left == 0 &&
+         w->out_h * w->k_h == w->in_h && w->out_w * w->k_w == w->in_w;
+}
+
+static void max_pool_grad_tiled_row(const flrt_window *w, const float *img, const float *g, float *dimg,
+                                    int64_t oh) {
   const int64_t C = w->in_c;
-  zero(dx, w->batch * w->in_h * w->in_w * C);
+  float best[POOL_CHANNEL_BLOCK];
+  int32_t which[POOL_CHANNEL_BLOCK]; /* the maximum's cell, kh * k_w + kw */
+  for (int64_t ow = 0; ow < w->out_w; ow++, g += C) {
+    for (int64_t c0 = 0; c0 < C; c0 += POOL_CHANNEL_BLOCK) {
+      const int64_t width = C - c0 < POOL_CHANNEL_BLOCK ? C - c0 : POOL_CHANNEL_BLOCK;
+      const float *first = img + (oh * w->k_h * w->in_w + ow * w->k_w) * C + c0;
+      for (int64_t c = 0; c < width; c++) {
+        best[c] = first[c];
+        which[c] = 0;
+      }
+      /* Only strictly greater replaces, in (kh, kw) order: ties go to the
+       * first maximum, as TensorFlow's CPU kernel does. */
+      for (int32_t kh = 0, cell = 0; kh < w->k_h; kh++)
+        for (int32_t kw = 0; kw < w->k_w; kw++, cell++) {
+          if (cell == 0) continue;
+          const float *px = img + ((oh * w->k_h + kh) * w->in_w + ow * w->k_w + kw) * C + c0;
+          for (int64_t c = 0; c < width; c++) {
+            const int greater = px[c] > best[c];
+            best[c] = greater ? px[c] : best[c];
+            which[c] = greater ? cell : which[c];
+          }
+        }
+      for (int32_t kh = 0, cell = 0; kh < w->k_h; kh++)
+        for (int32_t kw = 0; kw < w->k_w; kw++, cell++) {
+          float *d = dimg + ((oh * w->k_h + kh) * w->in_w + ow * w->k_w + kw) * C + c0;
+          for (int64_t c = 0; c < width; c++) d[c] = which[c] == cell ? g[c0 + c] : 0.0f;
+        }
+    }
+  }
+}
+
+/* Any window: dx zeroed, then each window's gradient added at its maximum
+ * (overlapping windows accumulate). */
+static void max_pool_grad_image(const flrt_window *w, const float *img, const float *g, float *dimg) {
+  const int64_t C = w->in_c;
+  zero(dimg, w->in_h * w->in_w * C);
   float best[POOL_CHANNEL_BLOCK];
   int64_t where[POOL_CHANNEL_BLOCK];
-  for (int64_t n = 0; n < w->batch; n++) {
-    const int64_t base = n * w->in_h * w->in_w * C;
-    for (int64_t oh = 0; oh < w->out_h; oh++) {
-      for (int64_t ow = 0; ow < w->out_w; ow++) {
-        const float *g = dy + ((n * w->out_h + oh) * w->out_w + ow) * C;
-        for (int64_t c0 = 0; c0 < C; c0 += POOL_CHANNEL_BLOCK) {
-          const int64_t width = C - c0 < POOL_CHANNEL_BLOCK ? C - c0 : POOL_CHANNEL_BLOCK;
-          for (int64_t c = 0; c < width; c++) {
-            best[c] = -INFINITY;
-            where[c] = -1;
-          }
-          /* Only strictly greater replaces, visiting the window in (kh, kw)
-           * order, so ties go to the first maximum, as TensorFlow's CPU kernel
-           * does. */
-          for (int64_t kh = 0; kh < w->k_h; kh++) {
-            int64_t ih = oh * w->stride_h + kh - w->pad_top;
-            if (ih < 0 || ih >= w->in_h) continue;
-            for (int64_t kw = 0; kw < w->k_w; kw++) {
-              int64_t iw = ow * w->stride_w + kw - w->pad_left;
-              if (iw < 0 || iw >= w->in_w) continue;
-              const int64_t at = base + (ih * w->in_w + iw) * C + c0;
-              const float *px = x + at;
-              for (int64_t c = 0; c < width; c++) {
-                const int greater = px[c] > best[c] || where[c] < 0;
-                best[c] = greater ? px[c] : best[c];
-                where[c] = greater ? at + c : where[c];
-              }
+  for (int64_t oh = 0; oh < w->out_h; oh++) {
+    for (int64_t ow = 0; ow < w->out_w; ow++, g += C) {
+      for (int64_t c0 = 0; c0 < C; c0 += POOL_CHANNEL_BLOCK) {
+        const int64_t width = C - c0 < POOL_CHANNEL_BLOCK ? C - c0 : POOL_CHANNEL_BLOCK;
+        for (int64_t c = 0; c < width; c++) {
+          best[c] = -INFINITY;
+          where[c] = -1;
+        }
+        for (int64_t kh = 0; kh < w->k_h; kh++) {
+          int64_t ih = oh * w->stride_h + kh - w->pad_top;
+          if (ih < 0 || ih >= w->in_h) continue;
+          for (int64_t kw = 0; kw < w->k_w; kw++) {
+            int64_t iw = ow * w->stride_w + kw - w->pad_left;
+            if (iw < 0 || iw >= w->in_w) continue;
+            const int64_t at = (ih * w->in_w + iw) * C + c0;
+            const float *px = img + at;
+            for (int64_t c = 0; c < width; c++) {
+              const int greater = px[c] > best[c] || where[c] < 0;
+              best[c] = greater ? px[c] : best[c];
+              where[c] = greater ? at + c : where[c];
             }
           }
-          for (int64_t c = 0; c < width; c++)
-            if (where[c] >= 0) dx[where[c]] += g[c0 + c]; /* overlapping windows accumulate */
         }
+        for (int64_t c = 0; c < width; c++)
+          if (where[c] >= 0) dimg[where[c]] += g[c0 + c];
       }
     }
   }
+}
+
+void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx) {
+  const int64_t image_in = w->in_h * w->in_w * w->in_c, image_out = w->out_h * w->out_w * w->in_c;
+  if (pool_tiles_image(w)) {
+    const int64_t rows = w->batch * w->out_h;
+    FLRT_PARALLEL_FOR(rows * w->out_w * w->in_c)
+    for (int64_t r = 0; r < rows; r++) {
+      const int64_t n = r / w->out_h, oh = r % w->out_h;
+      max_pool_grad_tiled_row(w, x + n * image_in, dy + n * image_out + oh * w->out_w * w->in_c,
+                              dx + n * image_in, oh);
+    }
+    return;
+  }
+  /* Windows overlap only within an image: the images are independent. */
+  FLRT_PARALLEL_FOR(w->batch * image_in)
+  for (int64_t n = 0; n < w->batch; n++)
+    max_pool_grad_image(w, x + n * image_in, dy + n * image_out, dx + n * image_in);
 }
 
 /* ---- printing ------------------------------------------------------------ */
