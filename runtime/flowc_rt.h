@@ -232,7 +232,7 @@ void flrt_col2im(const flrt_window *w, const float *cols, float *dx);
  * NULL. Every output (out, dx, dfilter) is overwritten, not accumulated. */
 size_t flrt_conv2d_scratch(const flrt_window *w, int64_t out_c);
 /* Images per chunk: the batch is split so that each thread gets the same
- * number of chunks and a chunk's im2col matrix is at most about 4 MiB. */
+ * number of chunks and a chunk's im2col matrix is at most about 1 MiB. */
 int64_t flrt_conv2d_chunk(const flrt_window *w);
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
                  float *out, float *cols);
