@@ -180,11 +180,9 @@ static void emit_matmul(const fl_graph *g, const fl_node *n, strbuf *sb) {
   emit_dim(g, a->dims[1], lda, sizeof lda);
   emit_dim(g, b->dims[1], ldb, sizeof ldb);
   if (n->dtype == FL_F32) {
-    sb_printf(sb,
-              "  cblas_sgemm(CblasRowMajor, %s, %s, (blasint)(%s), (blasint)(%s), (blasint)(%s),\n"
-              "              1.0f, in0, (blasint)(%s), in1, (blasint)(%s), 0.0f, out, (blasint)(%s));\n",
-              n->attr.transpose_a ? "CblasTrans" : "CblasNoTrans",
-              n->attr.transpose_b ? "CblasTrans" : "CblasNoTrans", m, cols, k, lda, ldb, cols);
+    sb_printf(sb, "  flrt_gemm(%s, %s, %s, %s, %s, in0, %s, in1, %s, out, %s, false);\n",
+              n->attr.transpose_a ? "true" : "false", n->attr.transpose_b ? "true" : "false", m, cols, k, lda,
+              ldb, cols);
     return;
   }
   sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    for (int64_t j = 0; j < %s; j++) {\n", m, cols);

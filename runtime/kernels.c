@@ -9,18 +9,18 @@
 #endif
 
 /* ---- GEMM ------------------------------------------------------------------
- * C (m x n) = op(A) (m x k) @ op(B) (k x n), all row-major, alpha 1, beta 0.
- * op(A) is A^T when trans_a (then A is stored k x m), likewise for B. The
- * three convolution GEMMs are the only ones here, so this is the single place
- * that knows whether OpenBLAS is present. */
+ * C (m x n) = op(A) (m x k) @ op(B) (k x n), all row-major, alpha 1; beta 1
+ * when accumulating, else 0. op(A) is A^T when trans_a (then A is stored
+ * k x m), likewise for B. The one place that knows whether OpenBLAS is
+ * present: the convolutions and the generated matmuls call it. */
 
 #ifdef FLRT_NO_BLAS
 /* Plain loops for targets without OpenBLAS. The innermost loop always walks
  * contiguous memory: a row of B scaled into a row of C (i-k-j order, or k-i-j
  * when A is transposed, so that A too is read a row at a time), or a dot
  * product of two rows when B is transposed. */
-static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a,
-                 int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+               const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
   if (!trans_b) {
     if (!accumulate)
       for (int64_t i = 0; i < m; i++)
@@ -54,11 +54,30 @@ static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
   }
 }
 #else
-static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a,
-                 int64_t lda, const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
-  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-              trans_b ? CblasTrans : CblasNoTrans, (blasint)m, (blasint)n, (blasint)k, 1.0f, a,
-              (blasint)lda, b, (blasint)ldb, accumulate ? 1.0f : 0.0f, c, (blasint)ldc);
+void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+               const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+  /* A single row or column is a matrix-vector product: sgemv reads the
+   * matrix once, where sgemm first packs it (ten times slower for the
+   * batch-1 forward pass of a 3136 x 1024 layer). The output is cleared
+   * first rather than scaled by a beta of 0, which would keep a NaN left in
+   * reused memory. */
+  const bool row = m == 1, column = n == 1 && ldc == 1;
+  if ((row || column) && m > 0 && n > 0 && k > 0) {
+    if (!accumulate) memset(c, 0, (size_t)(row ? n : m) * sizeof *c);
+    if (row) { /* c = op(B)^T a, a's k values lda apart when it is a column */
+      const blasint a_step = trans_a ? (blasint)lda : 1;
+      if (trans_b) cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)k, 1.0f, b, (blasint)ldb, a, a_step, 1.0f, c, 1);
+      else cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)k, (blasint)n, 1.0f, b, (blasint)ldb, a, a_step, 1.0f, c, 1);
+    } else { /* c = op(A) b, b's k values ldb apart when it is a column */
+      const blasint b_step = trans_b ? 1 : (blasint)ldb;
+      if (trans_a) cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)k, (blasint)m, 1.0f, a, (blasint)lda, b, b_step, 1.0f, c, 1);
+      else cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)m, (blasint)k, 1.0f, a, (blasint)lda, b, b_step, 1.0f, c, 1);
+    }
+    return;
+  }
+  const float beta = accumulate ? 1.0f : 0.0f;
+  cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              (blasint)m, (blasint)n, (blasint)k, 1.0f, a, (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);
 }
 #endif
 
@@ -408,23 +427,34 @@ typedef struct {
 
 typedef void chunk_work(const conv_chunk *chunk, float *scratch, void *ctx);
 
+/* Runs work on chunks [first, end) of w's batch, chunks of `size` images. */
+static void run_chunks(const flrt_window *w, int64_t size, int64_t first, int64_t end, float *scratch,
+                       chunk_work *work, void *ctx) {
+  for (int64_t c = first; c < end; c++) {
+    conv_chunk chunk = {.first = c * size, .part = *w};
+    chunk.part.batch = w->batch - chunk.first < size ? w->batch - chunk.first : size;
+    work(&chunk, scratch, ctx);
+  }
+}
+
 /* Runs work on every chunk of w's batch. The chunks are shared out among the
  * threads in fixed contiguous runs, and `scratch` is the running thread's
  * share of cols, from its start (the chunk's matrix or padded image) and at
- * partial_at (its partial filter gradient). Returns the threads used. */
-static int64_t for_each_chunk(const flrt_window *w, int64_t out_c, float *cols, chunk_work *work,
-                              void *ctx) {
+ * partial_at (its partial filter gradient). */
+static void for_each_chunk(const flrt_window *w, int64_t out_c, float *cols, chunk_work *work, void *ctx) {
   const int64_t size = flrt_conv2d_chunk(w), chunks = chunk_count(w), threads = chunk_threads(w);
   const int64_t share = thread_scratch(w, out_c), per_thread = (chunks + threads - 1) / threads;
-  FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads) if (threads > 1))
-  for (int64_t t = 0; t < threads; t++) {
-    for (int64_t c = t * per_thread; c < (t + 1) * per_thread && c < chunks; c++) {
-      conv_chunk chunk = {.first = c * size, .part = *w};
-      chunk.part.batch = w->batch - chunk.first < size ? w->batch - chunk.first : size;
-      work(&chunk, cols + t * share, ctx);
-    }
+  if (threads == 1) {
+    /* Outside any parallel region, even an inactive one: a GEMM called inside
+     * one opens a nested team of fresh threads on every call. */
+    run_chunks(w, size, 0, chunks, cols, work, ctx);
+    return;
   }
-  return threads;
+  FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
+  for (int64_t t = 0; t < threads; t++) {
+    const int64_t end = (t + 1) * per_thread < chunks ? (t + 1) * per_thread : chunks;
+    run_chunks(w, size, t * per_thread, end, cols + t * share, work, ctx);
+  }
 }
 
 /* Where a thread's partial filter gradient starts in its share. */
@@ -456,7 +486,7 @@ static void forward_chunk(const conv_chunk *c, float *scratch, void *ctx) {
   /* out (P x O) = cols (P x K) @ filter (K x O): HWIO is already K x O. */
   const int64_t K = window_cols(w);
   flrt_im2col(w, x, scratch);
-  gemm(false, false, w->batch * image_rows, O, K, scratch, K, a->filter, O, out, O, false);
+  flrt_gemm(false, false, w->batch * image_rows, O, K, scratch, K, a->filter, O, out, O, false);
 }
 
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
@@ -464,7 +494,7 @@ void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const floa
   const int64_t K = window_cols(w), O = out_c;
   if (degenerate(window_rows(w), O, K, out)) return;
   if (is_pointwise(w)) {
-    gemm(false, false, window_rows(w), O, K, x, K, filter, O, out, O, false);
+    flrt_gemm(false, false, window_rows(w), O, K, x, K, filter, O, out, O, false);
     return;
   }
   conv_args a = {.w = w, .out_c = out_c, .x = x, .filter = filter, .out = out};
@@ -477,7 +507,7 @@ static void grad_input_chunk(const conv_chunk *c, float *scratch, void *ctx) {
   const int64_t O = a->out_c, K = window_cols(w), image_rows = w->out_h * w->out_w;
   /* dcols (P x K) = dy (P x O) @ filter^T (O x K), then scatter back (col2im
    * zeroes its chunk of dx first). */
-  gemm(false, true, w->batch * image_rows, K, O, a->dy + c->first * image_rows * O, O, a->filter, O, scratch, K,
+  flrt_gemm(false, true, w->batch * image_rows, K, O, a->dy + c->first * image_rows * O, O, a->filter, O, scratch, K,
        false);
   flrt_col2im(w, scratch, a->dx + c->first * w->in_h * w->in_w * w->in_c);
 }
@@ -487,7 +517,7 @@ void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy
   const int64_t P = window_rows(w), K = window_cols(w), O = out_c;
   if (is_pointwise(w)) {
     /* dx is laid out exactly like dcols here, so the GEMM writes it. */
-    if (!degenerate(P, K, O, dx)) gemm(false, true, P, K, O, dy, O, filter, O, dx, K, false);
+    if (!degenerate(P, K, O, dx)) flrt_gemm(false, true, P, K, O, dy, O, filter, O, dx, K, false);
     return;
   }
   if (P <= 0 || K <= 0 || O <= 0) {
@@ -514,7 +544,7 @@ static void grad_filter_chunk(const conv_chunk *c, float *scratch, void *ctx) {
   }
   /* partial (K x O) += cols^T (K x rows) @ dy (rows x O). */
   flrt_im2col(w, x, scratch);
-  gemm(true, false, K, O, w->batch * image_rows, scratch, K, dy, O, partial, O, true);
+  flrt_gemm(true, false, K, O, w->batch * image_rows, scratch, K, dy, O, partial, O, true);
 }
 
 void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x,
@@ -522,7 +552,7 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
   const int64_t P = window_rows(w), K = window_cols(w), O = out_c;
   if (degenerate(K, O, P, dfilter)) return;
   if (is_pointwise(w)) {
-    gemm(true, false, K, O, P, x, K, dy, O, dfilter, O, false);
+    flrt_gemm(true, false, K, O, P, x, K, dy, O, dfilter, O, false);
     return;
   }
   /* Each thread sums its chunks into its own partial gradient; the partials

@@ -113,6 +113,36 @@ static void init_case(flrt_window *w, const conv_case *k) {
   flrt_window_init(w, k->n, k->h, k->w, k->c, k->kh, k->kw, k->sh, k->sw, k->same);
 }
 
+/* ---- flrt_gemm ------------------------------------------------------------ */
+
+/* Every transpose and shape class: a single row and a single column go to
+ * sgemv, the rest to sgemm; overwriting must clear a NaN left in the output,
+ * accumulating must add to what is there. */
+Test(gemm, matches_naive_for_rows_columns_and_transposes) {
+  lcg_state = 11;
+  const int64_t shapes[][3] = {{1, 7, 5}, {6, 1, 5}, {1, 1, 4}, {4, 3, 6}, {1, 9, 1}, {5, 2, 1}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int t = 0; t < 8; t++) {
+      const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+      const bool ta = t & 1, tb = t & 2, acc = t & 4;
+      float *a = random_floats((size_t)(m * k)), *b = random_floats((size_t)(k * n));
+      float *c = random_floats((size_t)(m * n));
+      double *want = malloc((size_t)(m * n) * sizeof *want);
+      for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+          double sum = acc ? c[i * n + j] : 0.0;
+          for (int64_t p = 0; p < k; p++) sum += (double)(ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
+          want[i * n + j] = sum;
+        }
+      if (!acc) c[0] = NAN;
+      flrt_gemm(ta, tb, m, n, k, a, ta ? m : k, b, tb ? k : n, c, n, acc);
+      cr_log_info("m %lld n %lld k %lld trans_a %d trans_b %d accumulate %d", (long long)m, (long long)n,
+                  (long long)k, ta, tb, acc);
+      assert_close(c, want, (size_t)(m * n), 1e-5, "gemm");
+      free(a), free(b), free(c), free(want);
+    }
+}
+
 /* ---- flrt_window_init ---------------------------------------------------- */
 
 Test(window, deep_mnist_layers) {
