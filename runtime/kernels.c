@@ -54,6 +54,11 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
   }
 }
 #else
+/* Column splitting (below) pays from these sizes on. */
+#define SPLIT_MAX_ROWS 512
+#define SPLIT_MIN_COLUMNS 128
+#define SPLIT_MIN_MACS ((int64_t)1 << 22)
+
 void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
   /* A single row or column is a matrix-vector product: sgemv reads the
@@ -76,6 +81,24 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     return;
   }
   const float beta = accumulate ? 1.0f : 0.0f;
+#ifdef _OPENMP
+  /* A GEMM with few rows (fully connected layers at batch 50: m = 50, n and k
+   * in the thousands) runs faster as one single-threaded GEMM per thread on
+   * its own columns of B and C than threaded by OpenBLAS, which splits the
+   * rows and has every thread pack all of B (12-14% on Deep MNIST's fc1). */
+  const int64_t threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (threads > 1 && m <= SPLIT_MAX_ROWS && n >= SPLIT_MIN_COLUMNS * threads && m * n * k >= SPLIT_MIN_MACS) {
+    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
+    for (int64_t t = 0; t < threads; t++) {
+      /* Column blocks of whole cache lines (16 floats). */
+      const int64_t j0 = n * t / threads / 16 * 16, j1 = t + 1 == threads ? n : n * (t + 1) / threads / 16 * 16;
+      cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                  (blasint)m, (blasint)(j1 - j0), (blasint)k, 1.0f, a, (blasint)lda, trans_b ? b + j0 * ldb : b + j0,
+                  (blasint)ldb, beta, c + j0, (blasint)ldc);
+    }
+    return;
+  }
+#endif
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               (blasint)m, (blasint)n, (blasint)k, 1.0f, a, (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);
 }
@@ -293,100 +316,110 @@ static void pad_image(const flrt_window *w, const float *img, float *padded) {
              (size_t)(cols * C) * sizeof *img);
 }
 
-/* Output pixels per step of the direct loops, and filters per vector block:
- * PIXELS x FILTERS accumulators (8 AVX-512 or 16 AVX2 registers) stay in
- * registers while the window is walked, each filter row loaded once for
- * PIXELS products. */
+/* The direct loops work on blocks of PIXELS output pixels (of one output
+ * row) x FILTERS filters, whose accumulators stay in registers while the
+ * window is walked: each filter row is loaded once for PIXELS products, each
+ * input value broadcast once for FILTERS. 8 x 32 takes 16 of AVX-512's 32
+ * vector registers; 6 x 16 takes 12 of AVX2's 16. Filters beyond the last
+ * whole block, and images narrower than a block, take plain loops. */
+#ifdef __AVX512F__
+#define VEC 16
 #define PIXELS 8
-#define FILTERS 16
+#else
+#define VEC 8
+#define PIXELS 6
+#endif
+#define FILTER_VECS 2
+#define FILTERS (VEC * FILTER_VECS)
 
-/* FILTERS floats as one value: GCC and Clang keep it in a vector register
- * (or two) on every target, where their vectorizer mangles the same loops
- * written with arrays. Other compilers get the arrays. */
+/* VEC floats as one value: GCC and Clang keep it in a vector register on
+ * every target (or split it), where their vectorizer mangles the same loops
+ * written with arrays. Other compilers get plain loops. */
 #ifdef __GNUC__
-typedef float filters_vec __attribute__((vector_size(FILTERS * sizeof(float))));
+typedef float vec __attribute__((vector_size(VEC * sizeof(float))));
+#define DIRECT_BLOCKS 1
+#else
+#define DIRECT_BLOCKS 0
 #endif
 
-/* PIXELS output pixels x FILTERS filters of one output row, the window
- * walked once with the accumulators in registers. */
+#if DIRECT_BLOCKS
+/* out[p][0..FILTERS) for PIXELS pixels starting at in_row, the window's
+ * k_h rows in_step apart, each of `entries` (k_w * C) values. */
 static void direct_block(const float *in_row, int64_t in_step, int64_t pixel_step, int64_t entries,
-                         int64_t k_h, const float *filter, int64_t filter_row_step, int64_t O, float *out) {
-#ifdef __GNUC__
-  filters_vec acc[PIXELS];
-  for (int p = 0; p < PIXELS; p++) acc[p] = (filters_vec){0};
+                         int64_t k_h, const float *filter, int64_t O, float *out) {
+  vec acc[PIXELS][FILTER_VECS];
+  for (int p = 0; p < PIXELS; p++)
+    for (int v = 0; v < FILTER_VECS; v++) acc[p][v] = (vec){0};
+  const float *f = filter;
   for (int64_t kh = 0; kh < k_h; kh++) {
-    const float *in = in_row + kh * in_step, *f = filter + kh * filter_row_step;
+    const float *in = in_row + kh * in_step;
     for (int64_t e = 0; e < entries; e++, f += O) {
-      filters_vec fv;
-      memcpy(&fv, f, sizeof fv);
-      for (int p = 0; p < PIXELS; p++) acc[p] += in[p * pixel_step + e] * fv;
+      vec fv[FILTER_VECS];
+      memcpy(fv, f, sizeof fv);
+      for (int p = 0; p < PIXELS; p++) {
+        const float x = in[p * pixel_step + e];
+        for (int v = 0; v < FILTER_VECS; v++) acc[p][v] += x * fv[v];
+      }
     }
-  }
-  for (int p = 0; p < PIXELS; p++) memcpy(out + p * O, &acc[p], sizeof acc[p]);
-#else
-  float acc[PIXELS][FILTERS] = {{0}};
-  for (int64_t kh = 0; kh < k_h; kh++) {
-    const float *in = in_row + kh * in_step, *f = filter + kh * filter_row_step;
-    for (int64_t e = 0; e < entries; e++, f += O)
-      for (int p = 0; p < PIXELS; p++)
-        for (int j = 0; j < FILTERS; j++) acc[p][j] += in[p * pixel_step + e] * f[j];
   }
   for (int p = 0; p < PIXELS; p++) memcpy(out + p * O, acc[p], sizeof acc[p]);
-#endif
 }
 
-/* The filter gradient's counterpart: dfilter rows (one per window entry) +=
- * sum over PIXELS pixels of in * dy, the pixels' dy held in registers. */
+/* dfilter rows (one per window entry, FILTERS wide) += sum over the block's
+ * pixels of in * dy. Pixels past `pixels` count with a dy of 0 (and read the
+ * last real pixel's input, which stays inside the image). */
 static void direct_grad_block(const float *in_row, int64_t in_step, int64_t pixel_step, int64_t entries,
-                              int64_t k_h, const float *dy, int64_t O, float *dfilter) {
-#ifdef __GNUC__
-  filters_vec g[PIXELS];
-  for (int p = 0; p < PIXELS; p++) memcpy(&g[p], dy + p * O, sizeof g[p]);
+                              int64_t k_h, const float *dy, int64_t O, int64_t pixels, float *dfilter) {
+  vec g[PIXELS][FILTER_VECS];
+  int64_t at[PIXELS];
+  for (int p = 0; p < PIXELS; p++) {
+    if (p < pixels) memcpy(g[p], dy + p * O, sizeof g[p]);
+    else
+      for (int v = 0; v < FILTER_VECS; v++) g[p][v] = (vec){0};
+    at[p] = (p < pixels ? p : pixels - 1) * pixel_step;
+  }
+  float *d = dfilter;
   for (int64_t kh = 0; kh < k_h; kh++) {
     const float *in = in_row + kh * in_step;
-    float *d = dfilter + kh * entries * O;
     for (int64_t e = 0; e < entries; e++, d += O) {
-      filters_vec acc;
-      memcpy(&acc, d, sizeof acc);
-      for (int p = 0; p < PIXELS; p++) acc += in[p * pixel_step + e] * g[p];
-      memcpy(d, &acc, sizeof acc);
+      vec acc[FILTER_VECS];
+      memcpy(acc, d, sizeof acc);
+      for (int p = 0; p < PIXELS; p++) {
+        const float x = in[at[p] + e];
+        for (int v = 0; v < FILTER_VECS; v++) acc[v] += x * g[p][v];
+      }
+      memcpy(d, acc, sizeof acc);
     }
   }
-#else
-  for (int64_t kh = 0; kh < k_h; kh++) {
-    const float *in = in_row + kh * in_step;
-    float *d = dfilter + kh * entries * O;
-    for (int64_t e = 0; e < entries; e++, d += O)
-      for (int p = 0; p < PIXELS; p++)
-        for (int j = 0; j < FILTERS; j++) d[j] += in[p * pixel_step + e] * dy[p * O + j];
-  }
-#endif
 }
+#endif
 
 /* One image's output row: out[ow][o] = sum over the window of in * filter. */
 static void direct_row(const flrt_window *w, int64_t O, const float *padded, int64_t oh,
                        const float *filter, float *out) {
   const int64_t C = w->in_c, pw = padded_w(w), sw = w->stride_w, entries = w->k_w * C;
   const float *in_row = padded + oh * w->stride_h * pw * C;
-  for (int64_t ow0 = 0; ow0 < w->out_w; ow0 += PIXELS) {
-    const int64_t pixels = w->out_w - ow0 < PIXELS ? w->out_w - ow0 : PIXELS;
-    const float *in = in_row + ow0 * sw * C;
-    for (int64_t o0 = 0; o0 < O; o0 += FILTERS) {
-      const int64_t width = O - o0 < FILTERS ? O - o0 : FILTERS;
-      if (pixels == PIXELS && width == FILTERS) {
-        direct_block(in, pw * C, sw * C, entries, w->k_h, filter + o0, entries * O, O, out + ow0 * O + o0);
-        continue;
+  int64_t o0 = 0;
+#if DIRECT_BLOCKS
+  if (w->out_w >= PIXELS)
+    for (; o0 + FILTERS <= O; o0 += FILTERS)
+      for (int64_t ow0 = 0; ow0 < w->out_w; ow0 += PIXELS) {
+        /* The last block ends at the row's end, overlapping the one before
+         * (its outputs are written twice, with the same values). */
+        const int64_t start = ow0 + PIXELS <= w->out_w ? ow0 : w->out_w - PIXELS;
+        direct_block(in_row + start * sw * C, pw * C, sw * C, entries, w->k_h, filter + o0, O,
+                     out + start * O + o0);
       }
-      for (int64_t p = 0; p < pixels; p++) { /* the edges: one output at a time */
-        float *o = out + (ow0 + p) * O + o0;
-        for (int64_t j = 0; j < width; j++) o[j] = 0.0f;
-        for (int64_t kh = 0; kh < w->k_h; kh++)
-          for (int64_t e = 0; e < entries; e++) {
-            const float v = in[kh * pw * C + p * sw * C + e], *f = filter + (kh * entries + e) * O + o0;
-            for (int64_t j = 0; j < width; j++) o[j] += v * f[j];
-          }
+#endif
+  if (o0 == O) return;
+  for (int64_t ow = 0; ow < w->out_w; ow++) { /* the filters left: one output at a time */
+    float *o = out + ow * O;
+    for (int64_t j = o0; j < O; j++) o[j] = 0.0f;
+    for (int64_t kh = 0; kh < w->k_h; kh++)
+      for (int64_t e = 0; e < entries; e++) {
+        const float x = in_row[kh * pw * C + ow * sw * C + e], *f = filter + (kh * entries + e) * O;
+        for (int64_t j = o0; j < O; j++) o[j] += x * f[j];
       }
-    }
   }
 }
 
@@ -396,26 +429,23 @@ static void direct_grad_filter_image(const flrt_window *w, int64_t O, const floa
                                      const float *dy, float *dfilter) {
   const int64_t C = w->in_c, pw = padded_w(w), sw = w->stride_w, entries = w->k_w * C;
   for (int64_t oh = 0; oh < w->out_h; oh++) {
-    const float *in_row = padded + oh * w->stride_h * pw * C;
-    for (int64_t ow0 = 0; ow0 < w->out_w; ow0 += PIXELS) {
-      const int64_t pixels = w->out_w - ow0 < PIXELS ? w->out_w - ow0 : PIXELS;
-      const float *in = in_row + ow0 * sw * C, *g = dy + (oh * w->out_w + ow0) * O;
-      for (int64_t o0 = 0; o0 < O; o0 += FILTERS) {
-        const int64_t width = O - o0 < FILTERS ? O - o0 : FILTERS;
-        if (pixels == PIXELS && width == FILTERS) {
-          direct_grad_block(in, pw * C, sw * C, entries, w->k_h, g + o0, O, dfilter + o0);
-          continue;
-        }
-        for (int64_t kh = 0; kh < w->k_h; kh++) /* the edges: one product at a time */
-          for (int64_t e = 0; e < entries; e++) {
-            float *d = dfilter + (kh * entries + e) * O + o0;
-            for (int64_t p = 0; p < pixels; p++) {
-              const float v = in[kh * pw * C + p * sw * C + e];
-              for (int64_t j = 0; j < width; j++) d[j] += v * g[p * O + o0 + j];
-            }
-          }
+    const float *in_row = padded + oh * w->stride_h * pw * C, *g = dy + oh * w->out_w * O;
+    int64_t o0 = 0;
+#if DIRECT_BLOCKS
+    for (; o0 + FILTERS <= O; o0 += FILTERS)
+      for (int64_t ow0 = 0; ow0 < w->out_w; ow0 += PIXELS) {
+        const int64_t pixels = w->out_w - ow0 < PIXELS ? w->out_w - ow0 : PIXELS;
+        direct_grad_block(in_row + ow0 * sw * C, pw * C, sw * C, entries, w->k_h, g + ow0 * O + o0, O, pixels,
+                          dfilter + o0);
       }
-    }
+#endif
+    for (int64_t ow = 0; ow < w->out_w && o0 < O; ow++) /* the filters left */
+      for (int64_t kh = 0; kh < w->k_h; kh++)
+        for (int64_t e = 0; e < entries; e++) {
+          const float x = in_row[kh * pw * C + ow * sw * C + e];
+          float *d = dfilter + (kh * entries + e) * O;
+          for (int64_t j = o0; j < O; j++) d[j] += x * g[ow * O + j];
+        }
   }
 }
 
