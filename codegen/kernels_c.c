@@ -239,12 +239,19 @@ static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb)
   sb_printf(sb, "    const float *z = %s + r * classes;\n", z);
   sb_printf(sb, "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n"
                 "      if (z[c] > max) max = z[c];\n");
-  sb_printf(sb, "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++)\n"
-                "      sum += exp((double)z[c] - max);\n");
+  /* The exponentials are computed once: they wait in out (where there is a
+   * row of classes) to be divided by their sum. */
+  if (n->op == FL_OP_SOFTMAX_XENT)
+    sb_printf(sb, "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++)\n"
+                  "      sum += exp((double)z[c] - max);\n");
+  else
+    sb_printf(sb, "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++) {\n"
+                  "      const double e = exp((double)z[c] - max);\n"
+                  "      out[r * classes + c] = (float)e;\n      sum += e;\n    }\n");
   switch (n->op) {
   case FL_OP_SOFTMAX:
     sb_printf(sb, "    for (int64_t c = 0; c < classes; c++)\n"
-                  "      out[r * classes + c] = (float)(exp((double)z[c] - max) / sum);\n");
+                  "      out[r * classes + c] = (float)(out[r * classes + c] / sum);\n");
     break;
   case FL_OP_SOFTMAX_XENT:
     /* -sum(labels * log_softmax(z)), log_softmax = z - max - log(sum) */
@@ -255,7 +262,7 @@ static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb)
     break;
   default: /* SOFTMAX_XENT_GRAD: (softmax(z) - labels) * dy */
     sb_printf(sb, "    for (int64_t c = 0; c < classes; c++)\n"
-                  "      out[r * classes + c] = (float)((exp((double)z[c] - max) / sum - in0[r * classes + c]) * in2[r]);\n");
+                  "      out[r * classes + c] = (float)((out[r * classes + c] / sum - in0[r * classes + c]) * in2[r]);\n");
     break;
   }
   sb_printf(sb, "  }\n");
@@ -661,11 +668,13 @@ static void emit_xent_group(const fl_graph *g, const fl_group *grp, strbuf *sb) 
   sb_printf(sb, "  const int64_t classes = %s;\n  for (int64_t r = 0; r < %s; r++) {\n", classes, rows);
   sb_printf(sb, "    const float *z = in1 + r * classes, *labels = in0 + r * classes;\n"
                 "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n      if (z[c] > max) max = z[c];\n"
-                "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++)\n      sum += exp((double)z[c] - max);\n"
+                "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++) {\n"
+                "      const double e = exp((double)z[c] - max);\n"
+                "      out1[r * classes + c] = (float)e; /* divided by the sum below */\n      sum += e;\n    }\n"
                 "    const double log_sum = log(sum);\n    double loss = 0.0;\n"
                 "    for (int64_t c = 0; c < classes; c++) {\n"
                 "      loss -= labels[c] * ((double)z[c] - max - log_sum);\n"
-                "      out1[r * classes + c] = (float)((exp((double)z[c] - max) / sum - labels[c]) * in2[r]);\n"
+                "      out1[r * classes + c] = (float)((out1[r * classes + c] / sum - labels[c]) * in2[r]);\n"
                 "    }\n    out0[r] = (float)loss;\n  }\n");
 }
 
