@@ -648,7 +648,6 @@ void emit_checkpoint_functions(const emit_model *em, const char *before_save, co
 /* The function name of a fused group, the same for every entry that has the
  * same group: "f57_epilogue_h_conv1". */
 static const char *fused_name(emit_model *em, const fl_group *grp) {
-  static const char *const kinds[] = {"single", "elementwise", "epilogue", "softmax_xent", "updates"};
   strbuf sig = {0};
   sb_printf(&sig, "%d", (int)grp->kind);
   for (int i = 0; i < grp->nnodes; i++) sb_printf(&sig, ",%d", grp->nodes[i]);
@@ -660,10 +659,10 @@ static const char *fused_name(emit_model *em, const fl_group *grp) {
   int last = grp->root >= 0 ? grp->root : grp->nodes[grp->nnodes - 1];
   char label[96], name[256];
   emit_node_label(em->g, last, label, sizeof label);
-  snprintf(name, sizeof name, "f%d_%s_%s", last, kinds[grp->kind], label);
+  snprintf(name, sizeof name, "f%d_%s_%s", last, fl_group_kind_name(grp->kind), label);
   for (int i = 0, suffix = 2; i < em->nfused; i++)
     if (strcmp(em->fused_names[i], name) == 0) {
-      snprintf(name, sizeof name, "f%d_%s_%s_%d", last, kinds[grp->kind], label, suffix++);
+      snprintf(name, sizeof name, "f%d_%s_%s_%d", last, fl_group_kind_name(grp->kind), label, suffix++);
       i = -1;
     }
   em->fused_sigs = realloc(em->fused_sigs, (size_t)(em->nfused + 1) * sizeof(char *));

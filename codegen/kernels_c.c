@@ -639,6 +639,13 @@ static void emit_epilogue_group(const fl_graph *g, const fl_group *grp, const in
   const fl_node *add = &g->nodes[grp->nodes[1]];
   int bias = add->inputs[0] == gemm->id ? add->inputs[1] : add->inputs[0];
   bool relu = grp->nnodes > 2;
+  if (gemm->op == FL_OP_CONV2D) { /* the runtime applies the epilogue chunk by chunk */
+    const fl_shape *w = &g->nodes[gemm->inputs[1]].shape;
+    emit_window(g, gemm, &g->nodes[gemm->inputs[0]].shape, w->dims[0].coef, w->dims[1].coef, sb);
+    sb_printf(sb, "  flrt_conv2d_bias(&w, %lld, in0, in1, in%d, %s, out0, scratch);\n", (long long)w->dims[3].coef,
+              input_index(ins, nins, bias), relu ? "true" : "false");
+    return;
+  }
   sb_printf(sb, "  float *out = out0;\n  {\n");
   /* the GEMM's body reads in0/in1: its inputs come first in the group's list */
   strbuf body = {0};
@@ -698,13 +705,19 @@ static void emit_updates_group(const fl_graph *g, const fl_group *grp, const int
   }
 }
 
+static void emit_pool_grad_relu_group(const fl_graph *g, const fl_group *grp, const int *ins, int nins, strbuf *sb) {
+  const fl_node *pool = &g->nodes[grp->nodes[0]];
+  emit_window(g, pool, &g->nodes[pool->inputs[0]].shape, pool->attr.ksize[0], pool->attr.ksize[1], sb);
+  sb_printf(sb, "  flrt_max_pool_grad_relu(&w, in%d, in%d, out0);\n", input_index(ins, nins, pool->inputs[0]),
+            input_index(ins, nins, pool->inputs[1]));
+}
+
 void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname, strbuf *sb) {
   /* a group reads at most every node once; an update group may read hundreds */
   int *ins = calloc((size_t)g->nnodes + 1, sizeof(int)), outs[8];
   if (!ins) abort();
   int nins = group_inputs(g, grp, ins), nouts = group_outputs(g, grp, outs);
-  static const char *const kinds[] = {"single", "elementwise", "epilogue", "softmax_xent", "updates"};
-  sb_printf(sb, "/* fused %s:\n", kinds[grp->kind]);
+  sb_printf(sb, "/* fused %s:\n", fl_group_kind_name(grp->kind));
   for (int i = 0; i < grp->nnodes; i++) {
     sb_printf(sb, " * ");
     strbuf line = {0};
@@ -731,6 +744,7 @@ void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname
   case FL_GROUP_EPILOGUE: emit_epilogue_group(g, grp, ins, nins, sb); break;
   case FL_GROUP_SOFTMAX_XENT: emit_xent_group(g, grp, sb); break;
   case FL_GROUP_UPDATES: emit_updates_group(g, grp, ins, nins, sb); break;
+  case FL_GROUP_POOL_GRAD_RELU: emit_pool_grad_relu_group(g, grp, ins, nins, sb); break;
   default: break;
   }
   sb_printf(sb, "}\n\n");

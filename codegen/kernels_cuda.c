@@ -787,7 +787,9 @@ static void conv_launch(const fl_graph *g, const fl_group *grp, const fl_node *n
 }
 
 static void pool_kernel(const fl_graph *g, const fl_group *grp, const fl_node *n, const char *name, strbuf *cu) {
-  int ins[4], outs[1] = {n->id};
+  /* a POOL_GRAD_RELU group writes its root, the relu's gradient */
+  const bool relu = grp->kind == FL_GROUP_POOL_GRAD_RELU;
+  int ins[4], outs[1] = {relu ? grp->root : n->id};
   const int nins = group_inputs(g, grp, ins);
   const fl_shape *x = &g->nodes[n->inputs[0]].shape;
   const flrt_window w = window_of(n, x, n->attr.ksize[0], n->attr.ksize[1]);
@@ -795,7 +797,8 @@ static void pool_kernel(const fl_graph *g, const fl_group *grp, const fl_node *n
   product(g, x, 0, 1, batch, sizeof batch);
   param(n, ins, nins, 0, px, sizeof px);
   kernel_comment(g, grp, n->op == FL_OP_MAX_POOL ? "max_pool, one thread per output"
-                                                 : "max_pool's gradient, one thread per input element", cu);
+                         : relu ? "max_pool's gradient through the relu before it, one thread per input element"
+                                : "max_pool's gradient, one thread per input element", cu);
   kernel_open(g, grp, name, ins, nins, NULL, outs, 1, "", cu);
   sb_printf(cu, "  const int H = %lld, W = %lld, C = %lld, KH = %lld, KW = %lld, OH = %lld, OW = %lld;\n"
                 "  const int SH = %lld, SW = %lld, PT = %lld, PL = %lld;\n",
@@ -840,8 +843,8 @@ static void pool_kernel(const fl_graph *g, const fl_group *grp, const fl_node *n
                 "            if (v > best || where < 0) {\n              best = v;\n              where = y * W + x;\n            }\n"
                 "          }\n        }\n"
                 "        if (where == ih * W + iw) sum += %s[((n * OH + oh) * OW + ow) * C + c];\n"
-                "      }\n    }\n    out0[i] = sum;\n  }\n}\n\n",
-            batch, px, pdy);
+                "      }\n    }\n    out0[i] = %s;\n  }\n}\n\n",
+            batch, px, pdy, relu ? "image[(ih * W + iw) * C + c] > 0.0f ? sum : 0.0f" : "sum");
 }
 
 static void dropout_kernel(const fl_graph *g, const fl_group *grp, const fl_node *n, const char *name, strbuf *cu) {
@@ -1039,6 +1042,10 @@ int cuda_emit_group_kernels(const fl_graph *g, const fl_group *grp, const char *
       updates_kernel(g, &sub, names[(*count)++], cu);
     }
     return 0;
+  case FL_GROUP_POOL_GRAD_RELU:
+    snprintf(names[(*count)++], CUDA_NAME_MAX, "%s", fname);
+    pool_kernel(g, grp, &g->nodes[grp->nodes[0]], fname, cu);
+    return 0;
   default:
     break;
   }
@@ -1175,7 +1182,7 @@ void cuda_emit_group_launch(const fl_graph *g, const fl_group *grp, const char *
     break;
   }
   for (int i = 0; i < nins; i++) args[nargs++] = buffers[ins[i]];
-  args[nargs++] = buffers[n->id];
+  args[nargs++] = buffers[grp->kind == FL_GROUP_POOL_GRAD_RELU ? grp->root : n->id];
   if (n->op == FL_OP_DROPOUT_MASK) args[nargs++] = "rng";
   if (n->op == FL_OP_ARGMAX) {
     const fl_shape *in = &g->nodes[n->inputs[0]].shape;

@@ -329,7 +329,12 @@ typedef enum {
   FL_GROUP_EPILOGUE,     /* matmul or conv2d, then bias add and maybe relu, in place */
   FL_GROUP_SOFTMAX_XENT, /* softmax cross-entropy and its gradient from one softmax */
   FL_GROUP_UPDATES,      /* every optimizer update of the run */
+  FL_GROUP_POOL_GRAD_RELU, /* relu_grad(max_pool_grad(y, dy), y): a max_pool's gradient
+                            * masked by the relu that feeds the pool, in one pass (root last) */
 } fl_group_kind;
+
+/* "single", "elementwise", ...: how dumps and generated comments name a kind. */
+const char *fl_group_kind_name(fl_group_kind kind);
 
 typedef struct {
   fl_group_kind kind;

@@ -132,6 +132,25 @@ static void fuse_softmax_xent(planner *p) {
   free(ancestors);
 }
 
+/* A relu before a max_pool: the pool's gradient goes only to window maxima,
+ * and the relu's gradient keeps it where the maximum is positive. One pass
+ * writes the masked gradient instead of two over the pool's input size. */
+static void fuse_pool_grad_relu(planner *p) {
+  const fl_graph *g = p->g;
+  for (int m = 0; m < g->nnodes; m++) {
+    const fl_node *pool = &g->nodes[m];
+    if (!free_in_run(p, m) || pool->op != FL_OP_MAX_POOL_GRAD || pool->dtype != FL_F32) continue;
+    int r = sole_reader(p, m);
+    if (r < 0 || !free_in_run(p, r)) continue;
+    const fl_node *relu = &g->nodes[r];
+    if (relu->op != FL_OP_RELU_GRAD || relu->inputs[0] != m || relu->inputs[1] != pool->inputs[0]) continue;
+    int group = new_group(p, FL_GROUP_POOL_GRAD_RELU);
+    add_member(p, group, m);
+    add_member(p, group, r);
+    p->s->groups[group].root = r;
+  }
+}
+
 /* Grows an elementwise tree under `root` (members appended after it). */
 static void absorb_producers(planner *p, int group, int node, const fl_shape *shape) {
   const fl_graph *g = p->g;
@@ -288,6 +307,7 @@ fl_schedule *fl_schedule_run(const fl_graph *g, const bool *needed, const bool *
   if (fuse) {
     fuse_epilogues(&p);
     fuse_softmax_xent(&p);
+    fuse_pool_grad_relu(&p);
     fuse_elementwise(&p);
     /* Optimizer updates fuse into one kernel while no assignment comes
      * between them: side effects keep their node order. */
@@ -315,6 +335,12 @@ fl_schedule *fl_schedule_run(const fl_graph *g, const bool *needed, const bool *
   return s;
 }
 
+const char *fl_group_kind_name(fl_group_kind kind) {
+  static const char *const names[] = {"single", "elementwise", "epilogue", "softmax_xent", "updates",
+                                      "pool_grad_relu"};
+  return (unsigned)kind < sizeof names / sizeof names[0] ? names[kind] : "?";
+}
+
 void fl_schedule_free(fl_schedule *s) {
   if (!s) return;
   for (int i = 0; i < s->ngroups; i++) free(s->groups[i].nodes);
@@ -327,10 +353,10 @@ void fl_schedule_free(fl_schedule *s) {
 }
 
 void fl_dump_schedule(const fl_graph *g, const fl_schedule *s, FILE *out) {
-  static const char *const kinds[] = {"single", "elementwise", "epilogue", "softmax_xent", "updates"};
+
   for (int i = 0; i < s->ngroups; i++) {
     const fl_group *grp = &s->groups[i];
-    fprintf(out, "  group %d (%s):", i, kinds[grp->kind]);
+    fprintf(out, "  group %d (%s):", i, fl_group_kind_name(grp->kind));
     for (int j = 0; j < grp->nnodes; j++) {
       const fl_node *n = &g->nodes[grp->nodes[j]];
       fprintf(out, "%s %%%d %s", j ? "," : "", n->id, fl_op_name(n->op));

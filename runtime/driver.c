@@ -201,7 +201,7 @@ static void opt_print_help(FILE *out, const char *prog, const char *about,
           opt_or_none(d->resume_path));
   fprintf(out, "  --log-every K     progress line every K steps, 0 = never [%lld]\n",
           (long long)d->log_every);
-  fprintf(out, "  --threads N       BLAS threads, 0 = the library's default [%d]\n", d->threads);
+  fprintf(out, "  --threads N       threads of the kernels and of BLAS, 0 = one per core [%d]\n", d->threads);
   fprintf(out, "  --quiet           no progress lines [%s]\n", d->quiet ? "on" : "off");
   fprintf(out, "  --help            show this text\n");
   fprintf(out, "Each flag also takes the form --flag=value.\n");

@@ -244,6 +244,10 @@ size_t flrt_conv2d_scratch(const flrt_window *w, int64_t out_c);
 int64_t flrt_conv2d_chunk(const flrt_window *w);
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
                  float *out, float *cols);
+/* conv2d, then out += bias (out_c values) and, when relu, max(out, 0): the
+ * epilogue runs on each chunk while its output is still in cache. */
+void flrt_conv2d_bias(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
+                      const float *bias, bool relu, float *out, float *cols);
 void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy,
                             const float *filter, float *dx, float *cols);
 void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x,
@@ -253,6 +257,9 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
  * to the first maximum in row-major window order. */
 void flrt_max_pool(const flrt_window *w, const float *x, float *out);
 void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx);
+/* relu_grad(max_pool_grad(x, dy), x), in one pass: the gradient of a max_pool
+ * whose input x is a relu's output, through that relu. */
+void flrt_max_pool_grad_relu(const flrt_window *w, const float *x, const float *dy, float *dx);
 
 /* Prints a tensor the way numpy does for small arrays: 0.5, [1 2 3],
  * [[1 2] [3 4]] (%g per value, one line, no newline). Over 1000 elements,

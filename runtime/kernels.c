@@ -495,9 +495,21 @@ static int64_t partial_at(const flrt_window *w, int64_t out_c) {
 typedef struct {
   const flrt_window *w;
   int64_t out_c;
-  const float *x, *filter, *dy;
+  const float *x, *filter, *dy, *bias;
+  bool relu;
   float *out, *dx;
 } conv_args;
+
+/* The forward pass's epilogue on rows x O outputs: + bias, then relu. */
+static void add_bias(float *out, int64_t rows, int64_t O, const float *bias, bool relu) {
+  for (int64_t r = 0; r < rows; r++) {
+    float *row = out + r * O;
+    if (relu)
+      for (int64_t o = 0; o < O; o++) row[o] = row[o] + bias[o] > 0.0f ? row[o] + bias[o] : 0.0f;
+    else
+      for (int64_t o = 0; o < O; o++) row[o] += bias[o];
+  }
+}
 
 static void forward_chunk(const conv_chunk *c, float *scratch, void *ctx) {
   const conv_args *a = ctx;
@@ -511,24 +523,40 @@ static void forward_chunk(const conv_chunk *c, float *scratch, void *ctx) {
       for (int64_t oh = 0; oh < w->out_h; oh++)
         direct_row(w, O, scratch, oh, a->filter, out + (n * image_rows + oh * w->out_w) * O);
     }
+  } else {
+    /* out (P x O) = cols (P x K) @ filter (K x O): HWIO is already K x O. */
+    const int64_t K = window_cols(w);
+    flrt_im2col(w, x, scratch);
+    flrt_gemm(false, false, w->batch * image_rows, O, K, scratch, K, a->filter, O, out, O, false);
+  }
+  /* while the chunk's output is still in cache */
+  if (a->bias) add_bias(out, w->batch * image_rows, O, a->bias, a->relu);
+}
+
+void flrt_conv2d_bias(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
+                      const float *bias, bool relu, float *out, float *cols) {
+  const int64_t K = window_cols(w), O = out_c, P = window_rows(w);
+  if (K <= 0 && P > 0 && O > 0) { /* an empty window: the outputs are the epilogue of 0 */
+    zero(out, P * O);
+    if (bias) add_bias(out, P, O, bias, relu);
     return;
   }
-  /* out (P x O) = cols (P x K) @ filter (K x O): HWIO is already K x O. */
-  const int64_t K = window_cols(w);
-  flrt_im2col(w, x, scratch);
-  flrt_gemm(false, false, w->batch * image_rows, O, K, scratch, K, a->filter, O, out, O, false);
+  if (degenerate(P, O, K, out)) return;
+  if (is_pointwise(w)) {
+    flrt_gemm(false, false, P, O, K, x, K, filter, O, out, O, false);
+    if (bias) {
+      FLRT_PARALLEL_FOR(P * O)
+      for (int64_t r = 0; r < P; r++) add_bias(out + r * O, 1, O, bias, relu);
+    }
+    return;
+  }
+  conv_args a = {.w = w, .out_c = out_c, .x = x, .filter = filter, .bias = bias, .relu = relu, .out = out};
+  for_each_chunk(w, out_c, cols, forward_chunk, &a);
 }
 
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
                  float *out, float *cols) {
-  const int64_t K = window_cols(w), O = out_c;
-  if (degenerate(window_rows(w), O, K, out)) return;
-  if (is_pointwise(w)) {
-    flrt_gemm(false, false, window_rows(w), O, K, x, K, filter, O, out, O, false);
-    return;
-  }
-  conv_args a = {.w = w, .out_c = out_c, .x = x, .filter = filter, .out = out};
-  for_each_chunk(w, out_c, cols, forward_chunk, &a);
+  flrt_conv2d_bias(w, out_c, x, filter, NULL, false, out, cols);
 }
 
 static void grad_input_chunk(const conv_chunk *c, float *scratch, void *ctx) {
@@ -644,7 +672,7 @@ static bool pool_tiles_image(const flrt_window *w) {
 }
 
 static void max_pool_grad_tiled_row(const flrt_window *w, const float *img, const float *g, float *dimg,
-                                    int64_t oh) {
+                                    int64_t oh, bool relu) {
   const int64_t C = w->in_c;
   float best[POOL_CHANNEL_BLOCK];
   int32_t which[POOL_CHANNEL_BLOCK]; /* the maximum's cell, kh * k_w + kw */
@@ -671,7 +699,10 @@ static void max_pool_grad_tiled_row(const flrt_window *w, const float *img, cons
       for (int32_t kh = 0, cell = 0; kh < w->k_h; kh++)
         for (int32_t kw = 0; kw < w->k_w; kw++, cell++) {
           float *d = dimg + ((oh * w->k_h + kh) * w->in_w + ow * w->k_w + kw) * C + c0;
-          for (int64_t c = 0; c < width; c++) d[c] = which[c] == cell ? g[c0 + c] : 0.0f;
+          if (relu) /* the maximum is the relu's output: no gradient where it is not positive */
+            for (int64_t c = 0; c < width; c++) d[c] = which[c] == cell && best[c] > 0.0f ? g[c0 + c] : 0.0f;
+          else
+            for (int64_t c = 0; c < width; c++) d[c] = which[c] == cell ? g[c0 + c] : 0.0f;
         }
     }
   }
@@ -714,7 +745,7 @@ static void max_pool_grad_image(const flrt_window *w, const float *img, const fl
   }
 }
 
-void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx) {
+static void max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx, bool relu) {
   const int64_t image_in = w->in_h * w->in_w * w->in_c, image_out = w->out_h * w->out_w * w->in_c;
   if (pool_tiles_image(w)) {
     const int64_t rows = w->batch * w->out_h;
@@ -722,14 +753,27 @@ void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, f
     for (int64_t r = 0; r < rows; r++) {
       const int64_t n = r / w->out_h, oh = r % w->out_h;
       max_pool_grad_tiled_row(w, x + n * image_in, dy + n * image_out + oh * w->out_w * w->in_c,
-                              dx + n * image_in, oh);
+                              dx + n * image_in, oh, relu);
     }
     return;
   }
   /* Windows overlap only within an image: the images are independent. */
   FLRT_PARALLEL_FOR(w->batch * image_in)
-  for (int64_t n = 0; n < w->batch; n++)
-    max_pool_grad_image(w, x + n * image_in, dy + n * image_out, dx + n * image_in);
+  for (int64_t n = 0; n < w->batch; n++) {
+    float *dimg = dx + n * image_in;
+    const float *img = x + n * image_in;
+    max_pool_grad_image(w, img, dy + n * image_out, dimg);
+    if (relu)
+      for (int64_t i = 0; i < image_in; i++) dimg[i] = img[i] > 0.0f ? dimg[i] : 0.0f;
+  }
+}
+
+void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx) {
+  max_pool_grad(w, x, dy, dx, false);
+}
+
+void flrt_max_pool_grad_relu(const flrt_window *w, const float *x, const float *dy, float *dx) {
+  max_pool_grad(w, x, dy, dx, true);
 }
 
 /* ---- printing ------------------------------------------------------------ */

@@ -222,6 +222,33 @@ Test(conv2d, matches_naive) {
   }
 }
 
+/* The epilogue applied chunk by chunk equals conv2d followed by + bias and
+ * relu over the whole output (bit for bit: the same sums, then the same
+ * additions). */
+Test(conv2d, bias_and_relu_epilogue) {
+  lcg_state = 12;
+  for (size_t t = 0; t < NCASES; t++) {
+    const conv_case *k = &conv_cases[t];
+    flrt_window w;
+    init_case(&w, k);
+    const size_t ny = out_size(&w, k->o);
+    float *x = random_floats(image_size(&w)), *f = random_floats(filter_size(&w, k->o));
+    float *bias = random_floats((size_t)k->o), *y = random_floats(ny), *want = random_floats(ny);
+    float *cols = random_floats(flrt_conv2d_scratch(&w, k->o));
+    for (int relu = 0; relu < 2; relu++) {
+      flrt_conv2d(&w, k->o, x, f, want, cols);
+      for (size_t i = 0; i < ny; i++) {
+        const float v = want[i] + bias[i % (size_t)k->o];
+        want[i] = relu && v < 0.0f ? 0.0f : v;
+      }
+      flrt_conv2d_bias(&w, k->o, x, f, bias, relu, y, cols);
+      for (size_t i = 0; i < ny; i++)
+        cr_assert_eq(y[i], want[i], "case %zu relu %d: out[%zu] %g, want %g", t, relu, i, y[i], want[i]);
+    }
+    free(x), free(f), free(bias), free(y), free(want), free(cols);
+  }
+}
+
 Test(conv2d, gradients_match_naive) {
   lcg_state = 2;
   for (size_t t = 0; t < NCASES; t++) {
@@ -400,6 +427,27 @@ Test(max_pool, grad_matches_naive_with_ties) {
     flrt_max_pool_grad(&w, x, dy, dx);
     assert_close(dx, want, nx, 1e-6, "max_pool_grad");
     free(x), free(dy), free(dx), free(pooled), free(want), free(arg);
+  }
+}
+
+/* Through a relu: relu_grad(max_pool_grad(x, dy), x), in tiled and
+ * overlapping windows, with zeros and negatives in x (relu outputs are never
+ * negative, but the kernel must not care). */
+Test(max_pool, grad_through_relu_matches_two_passes) {
+  lcg_state = 13;
+  for (size_t t = 0; t < NPOOL; t++) {
+    const pool_case *k = &pool_cases[t];
+    flrt_window w;
+    flrt_window_init(&w, k->n, k->h, k->w, k->c, k->k, k->k, k->s, k->s, k->same);
+    size_t nx = image_size(&w), ny = out_size(&w, k->c);
+    float *x = random_floats(nx), *dy = random_floats(ny), *dx = random_floats(nx), *want = random_floats(nx);
+    for (size_t i = 0; i < nx; i++) x[i] = i % 3 == 0 ? 0.0f : floorf(x[i] * 4.0f) - 1.0f;
+    flrt_max_pool_grad(&w, x, dy, want);
+    for (size_t i = 0; i < nx; i++) want[i] = x[i] > 0.0f ? want[i] : 0.0f;
+    flrt_max_pool_grad_relu(&w, x, dy, dx);
+    for (size_t i = 0; i < nx; i++)
+      cr_assert_eq(dx[i], want[i], "case %zu dx[%zu]: %g, want %g", t, i, dx[i], want[i]);
+    free(x), free(dy), free(dx), free(want);
   }
 }
 
