@@ -162,7 +162,10 @@ static void blas_and_openmp_flags(const char *cc, char *flags, size_t cap) {
 static void diagnose_missing(const char *cc, const char *dir) {
   static const struct {
     const char *header, *package;
-  } deps[] = {{"cblas.h", "libopenblas-dev"}, {"zlib.h", "zlib1g-dev"}, {"curl/curl.h", "libcurl4-openssl-dev"}};
+  } deps[] = {{"cblas.h", "libopenblas-dev"},
+              {"zlib.h", "zlib1g-dev"},
+              {"curl/curl.h", "libcurl4-openssl-dev"},
+              {"omp.h", "libomp-dev"}}; /* clang's OpenMP; gcc brings its own */
   char probe[4096], log[4096];
   snprintf(probe, sizeof probe, "%s/probe.c", dir);
   snprintf(log, sizeof log, "%s/probe.log", dir);
