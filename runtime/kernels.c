@@ -235,9 +235,10 @@ void flrt_col2im(const flrt_window *w, const float *cols, float *dx) {
  * the whole batch's: 31 MiB for Deep MNIST's second layer at batch 50, 0.6 MiB
  * per chunk of one image (1 MiB chunks ran its step 8% faster than 4 MiB
  * ones, on a machine with 2 MiB of L2 per core). With one chunk (a
- * small batch) the work runs on the calling thread and OpenBLAS may thread
- * the one GEMM itself; inside a parallel region OpenMP's OpenBLAS runs each
- * GEMM on the thread that called it. */
+ * small batch) a gradient runs on the calling thread and OpenBLAS may thread
+ * the one GEMM itself, while the forward pass cuts the images into row bands
+ * (row_bands); inside a parallel region OpenMP's OpenBLAS runs each GEMM on
+ * the thread that called it. */
 #define CONV_CHUNK_FLOATS ((int64_t)1 << 18)
 
 /* A window of at most this many entries (k_h * k_w * in_c) runs as a direct
@@ -300,10 +301,28 @@ static int64_t thread_scratch(const flrt_window *w, int64_t out_c) {
   return (int64_t)(flrt_align((size_t)work * sizeof(float)) / sizeof(float)) + window_cols(w) * out_c;
 }
 
+/* Below this many multiply-adds an image's forward pass is not worth
+ * sharing out: the threads would wait on each other longer than they work. */
+#define BAND_MIN_MACS ((int64_t)1 << 18)
+
+/* Bands of output rows per image in the forward pass. Chunks of whole images
+ * leave threads idle when the batch has fewer images than there are threads
+ * (batch-1 inference), so there each image's output rows are cut into one
+ * band per thread instead; bands never write the same output. The gradients
+ * keep whole images: col2im's bands would overlap in dx. */
+static int64_t row_bands(const flrt_window *w, int64_t out_c) {
+  const int64_t threads = max_threads();
+  if (threads <= 1 || w->batch >= threads || w->out_h < 2) return 1;
+  if (w->out_h * w->out_w * window_cols(w) * out_c < BAND_MIN_MACS) return 1;
+  return threads < w->out_h ? threads : w->out_h;
+}
+
 size_t flrt_conv2d_scratch(const flrt_window *w, int64_t out_c) {
   /* The pointwise case works on x, dx and the outputs directly. */
   if (is_pointwise(w) || window_rows(w) <= 0) return 0;
-  return (size_t)(chunk_threads(w) * thread_scratch(w, out_c));
+  /* A band's matrix is at most an image's, which is what a chunk holds here. */
+  const int64_t threads = row_bands(w, out_c) > 1 ? max_threads() : chunk_threads(w);
+  return (size_t)(threads * thread_scratch(w, out_c));
 }
 
 static void pad_image(const flrt_window *w, const float *img, float *padded) {
@@ -533,6 +552,54 @@ static void forward_chunk(const conv_chunk *c, float *scratch, void *ctx) {
   if (a->bias) add_bias(out, w->batch * image_rows, O, a->bias, a->relu);
 }
 
+/* The window of output rows [oh0, oh1) of one image, and where its input
+ * starts: the rows above the band are cut off, and only the image's own
+ * padding is kept. */
+static const float *band_window(const flrt_window *w, const float *img, int64_t oh0, int64_t oh1,
+                                flrt_window *band) {
+  *band = *w;
+  band->batch = 1;
+  band->out_h = oh1 - oh0;
+  const int64_t top = oh0 * w->stride_h - w->pad_top; /* the band's first window row in the image */
+  if (top < 0) {
+    band->pad_top = -top;
+    return img;
+  }
+  band->pad_top = 0;
+  band->in_h = w->in_h - top;
+  return img + top * w->in_w * w->in_c;
+}
+
+/* Band b of `bands` of image n, in `scratch` (one thread's share). */
+static void forward_band(const conv_args *a, int64_t n, int64_t b, int64_t bands, float *scratch) {
+  const flrt_window *w = a->w;
+  const int64_t O = a->out_c, image_in = w->in_h * w->in_w * w->in_c, image_rows = w->out_h * w->out_w;
+  const int64_t oh0 = w->out_h * b / bands, oh1 = w->out_h * (b + 1) / bands;
+  const float *img = a->x + n * image_in;
+  float *out = a->out + (n * image_rows + oh0 * w->out_w) * O;
+  if (runs_direct(w)) {
+    pad_image(w, img, scratch); /* the whole image: cheap beside the band's work */
+    for (int64_t oh = oh0; oh < oh1; oh++) direct_row(w, O, scratch, oh, a->filter, out + (oh - oh0) * w->out_w * O);
+  } else {
+    flrt_window band;
+    const float *x = band_window(w, img, oh0, oh1, &band);
+    flrt_im2col(&band, x, scratch);
+    flrt_gemm(false, false, window_rows(&band), O, window_cols(w), scratch, window_cols(w), a->filter, O, out, O,
+              false);
+  }
+  if (a->bias) add_bias(out, (oh1 - oh0) * w->out_w, O, a->bias, a->relu);
+}
+
+/* Every image's bands, shared out among the threads in contiguous runs. */
+static void forward_bands(const conv_args *a, int64_t bands, float *cols) {
+  const int64_t threads = max_threads(), share = thread_scratch(a->w, a->out_c);
+  const int64_t items = a->w->batch * bands, per_thread = (items + threads - 1) / threads;
+  FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
+  for (int64_t t = 0; t < threads; t++)
+    for (int64_t i = t * per_thread; i < (t + 1) * per_thread && i < items; i++)
+      forward_band(a, i / bands, i % bands, bands, cols + t * share);
+}
+
 void flrt_conv2d_bias(const flrt_window *w, int64_t out_c, const float *x, const float *filter,
                       const float *bias, bool relu, float *out, float *cols) {
   const int64_t K = window_cols(w), O = out_c, P = window_rows(w);
@@ -551,7 +618,9 @@ void flrt_conv2d_bias(const flrt_window *w, int64_t out_c, const float *x, const
     return;
   }
   conv_args a = {.w = w, .out_c = out_c, .x = x, .filter = filter, .bias = bias, .relu = relu, .out = out};
-  for_each_chunk(w, out_c, cols, forward_chunk, &a);
+  const int64_t bands = row_bands(w, out_c);
+  if (bands > 1) forward_bands(&a, bands, cols);
+  else for_each_chunk(w, out_c, cols, forward_chunk, &a);
 }
 
 void flrt_conv2d(const flrt_window *w, int64_t out_c, const float *x, const float *filter,

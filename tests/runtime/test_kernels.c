@@ -596,3 +596,48 @@ Test(conv2d, batches_split_into_chunks_match_naive, .timeout = 120) {
   assert_close(df, want_df, filter_size(&w, O), 1e-4, "grad_filter");
   free(x), free(f), free(dy), free(y), free(dx), free(df), free(cols), free(want_y), free(want_dx), free(want_df);
 }
+
+/* Fewer images than threads: the forward pass cuts each image's output rows
+ * into bands, one per thread, both in the direct convolution and through
+ * im2col (bands at the top of a SAME image start in its padding, lower ones
+ * part-way down the image, VALID and stride 2 included). The outputs must
+ * equal the definition, and the epilogue must still match conv2d + bias +
+ * relu bit for bit. */
+Test(conv2d, images_split_into_row_bands_match_naive, .timeout = 120) {
+#ifndef _OPENMP
+  cr_skip_test("built without OpenMP: one thread, no bands");
+#else
+  static const conv_case cases[] = {
+      {1, 14, 14, 32, 5, 5, 1, 1, 64, true}, /* Deep MNIST's conv2 at batch 1 */
+      {1, 28, 28, 1, 5, 5, 1, 1, 32, true},  /* conv1: direct */
+      {2, 21, 19, 8, 3, 3, 2, 2, 48, true},  {2, 23, 19, 8, 3, 3, 2, 2, 48, false},
+      {1, 31, 9, 3, 5, 3, 1, 1, 40, true},
+  };
+  lcg_state = 21;
+  for (int threads = 2; threads <= 3; threads++) {
+    omp_set_num_threads(threads);
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+      const conv_case *k = &cases[t];
+      flrt_window w;
+      init_case(&w, k);
+      /* (the batches of 2 take bands at 3 threads, whole images at 2) */
+      cr_assert(w.out_h * w.out_w * k->kh * k->kw * k->c * k->o >= (1 << 18), "case %zu is too small for bands", t);
+      const size_t ny = out_size(&w, k->o);
+      float *x = random_floats(image_size(&w)), *f = random_floats(filter_size(&w, k->o));
+      float *bias = random_floats((size_t)k->o), *y = random_floats(ny), *fused = random_floats(ny);
+      float *cols = random_floats(flrt_conv2d_scratch(&w, k->o));
+      double *want = malloc(ny * sizeof *want);
+      flrt_conv2d(&w, k->o, x, f, y, cols);
+      naive_conv(FWD, &w, k->o, x, f, NULL, want);
+      cr_log_info("%d threads, case %zu", threads, t);
+      assert_close(y, want, ny, 1e-4, "conv2d");
+      flrt_conv2d_bias(&w, k->o, x, f, bias, true, fused, cols);
+      for (size_t i = 0; i < ny; i++) {
+        const float v = y[i] + bias[i % (size_t)k->o];
+        cr_assert_eq(fused[i], v > 0.0f ? v : 0.0f, "%d threads, case %zu: out[%zu]", threads, t, i);
+      }
+      free(x), free(f), free(bias), free(y), free(fused), free(cols), free(want);
+    }
+  }
+#endif
+}
