@@ -58,6 +58,9 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
 #define SPLIT_MAX_ROWS 512
 #define SPLIT_MIN_COLUMNS 128
 #define SPLIT_MIN_MACS ((int64_t)1 << 22)
+/* A GEMM of many rows and a short sum (a fully connected layer's weight
+ * gradient: 3136 x 1024 over 50 examples) is split by rows instead. */
+#define SPLIT_MAX_DEPTH 256
 
 void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
@@ -95,6 +98,19 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
       cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
                   (blasint)m, (blasint)(j1 - j0), (blasint)k, 1.0f, a, (blasint)lda, trans_b ? b + j0 * ldb : b + j0,
                   (blasint)ldb, beta, c + j0, (blasint)ldc);
+    }
+    return;
+  }
+  /* Its output is most of its memory traffic, and threads that each write
+   * their own rows of it beat OpenBLAS's split (1.86 ms against 2.2 for
+   * Deep MNIST's fc1 weight gradient). */
+  if (threads > 1 && m > SPLIT_MAX_ROWS && k <= SPLIT_MAX_DEPTH && m * n * k >= SPLIT_MIN_MACS) {
+    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
+    for (int64_t t = 0; t < threads; t++) {
+      const int64_t i0 = m * t / threads / 16 * 16, i1 = t + 1 == threads ? m : m * (t + 1) / threads / 16 * 16;
+      cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                  (blasint)(i1 - i0), (blasint)n, (blasint)k, 1.0f, trans_a ? a + i0 : a + i0 * lda, (blasint)lda, b,
+                  (blasint)ldb, beta, c + i0 * ldc, (blasint)ldc);
     }
     return;
   }
