@@ -104,8 +104,11 @@ static const conv_case conv_cases[] = {
      * blocks of 8 pixels and 16 filters, and a stride */
     {3, 12, 19, 2, 3, 3, 1, 1, 20, true}, {2, 11, 17, 4, 3, 3, 2, 2, 32, false},
     {2, 28, 28, 1, 5, 5, 1, 1, 32, true},
-    /* just over the direct limit: im2col, then in chunks of many images */
+    /* just over the direct limit of the gradients (im2col; direct forward),
+     * then in chunks of many images */
     {2, 9, 10, 8, 3, 3, 1, 1, 16, true}, {40, 6, 6, 8, 3, 3, 1, 1, 16, true},
+    /* over the forward pass's direct limit too: im2col all through */
+    {2, 6, 5, 48, 5, 5, 1, 1, 8, true}, {1, 7, 6, 44, 5, 5, 2, 2, 8, false},
 };
 #define NCASES (sizeof conv_cases / sizeof conv_cases[0])
 
@@ -601,17 +604,19 @@ Test(conv2d, batches_split_into_chunks_match_naive, .timeout = 120) {
 
 /* Fewer images than threads: the forward pass cuts each image's output rows
  * into bands, one per thread, both in the direct convolution and through
- * im2col (bands at the top of a SAME image start in its padding, lower ones
- * part-way down the image, VALID and stride 2 included). The outputs must
- * equal the definition, and the epilogue must still match conv2d + bias +
- * relu bit for bit. */
+ * im2col (im2col bands at the top of a SAME image start in its padding,
+ * lower ones part-way down the image, VALID and stride 2 included). The
+ * outputs must equal the definition, and the epilogue must still match
+ * conv2d + bias + relu bit for bit. */
 Test(conv2d, images_split_into_row_bands_match_naive, .timeout = 120) {
 #ifndef _OPENMP
   cr_skip_test("built without OpenMP: one thread, no bands");
 #else
   static const conv_case cases[] = {
-      {1, 14, 14, 32, 5, 5, 1, 1, 64, true}, /* Deep MNIST's conv2 at batch 1 */
+      {1, 14, 14, 32, 5, 5, 1, 1, 64, true}, /* Deep MNIST's conv2 at batch 1: direct */
       {1, 28, 28, 1, 5, 5, 1, 1, 32, true},  /* conv1: direct */
+      {1, 12, 12, 48, 5, 5, 1, 1, 16, true}, /* 1200 entries: im2col */
+      {1, 13, 11, 48, 5, 5, 2, 2, 16, false},
       {2, 21, 19, 8, 3, 3, 2, 2, 48, true},  {2, 23, 19, 8, 3, 3, 2, 2, 48, false},
       {1, 31, 9, 3, 5, 3, 1, 1, 40, true},
   };
