@@ -233,8 +233,9 @@ void flrt_im2col(const flrt_window *w, const float *x, float *cols);
 void flrt_col2im(const flrt_window *w, const float *cols, float *dx);
 
 /* conv2d forward and both gradients: through im2col + sgemm, or a direct
- * convolution (the forward pass of a window of at most 1024 entries,
- * k_h * k_w * in_c, and the filter gradient of one of at most 64).
+ * convolution (the forward pass of a window of at most 2048 entries,
+ * k_h * k_w * in_c, the input gradient of a stride-1 window of at most 2048
+ * k_h * k_w * out_c, and the filter gradient of one of at most 64).
  * `cols` is scratch of flrt_conv2d_scratch(w, out_c) floats, which depends on
  * the thread count (OpenMP's, when built with -fopenmp). out_c is the number
  * of filters. A 1x1 stride-1 VALID window needs no scratch and cols may be
