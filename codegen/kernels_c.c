@@ -235,6 +235,7 @@ static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb)
   emit_dim(g, logits->dims[logits->rank - 1], classes, sizeof classes);
   const char *z = n->op == FL_OP_SOFTMAX ? "in0" : "in1";
   sb_printf(sb, "  const int64_t classes = %s;\n", classes);
+  sb_printf(sb, "  FLRT_PARALLEL_FOR_EXP((%s) * classes)\n", rows);
   sb_printf(sb, "  for (int64_t r = 0; r < %s; r++) {\n", rows);
   sb_printf(sb, "    const float *z = %s + r * classes;\n", z);
   sb_printf(sb, "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n"
@@ -672,7 +673,8 @@ static void emit_xent_group(const fl_graph *g, const fl_group *grp, strbuf *sb) 
   char rows[128], classes[96];
   emit_dims_product(g, logits, 0, logits->rank - 1, rows, sizeof rows);
   emit_dim(g, logits->dims[logits->rank - 1], classes, sizeof classes);
-  sb_printf(sb, "  const int64_t classes = %s;\n  for (int64_t r = 0; r < %s; r++) {\n", classes, rows);
+  sb_printf(sb, "  const int64_t classes = %s;\n  FLRT_PARALLEL_FOR_EXP((%s) * classes)\n", classes, rows);
+  sb_printf(sb, "  for (int64_t r = 0; r < %s; r++) {\n", rows);
   sb_printf(sb, "    const float *z = in1 + r * classes, *labels = in0 + r * classes;\n"
                 "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n      if (z[c] > max) max = z[c];\n"
                 "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++) {\n"
