@@ -169,6 +169,18 @@ static void sum_to_out_index(const fl_graph *g, const fl_node *n, const fl_shape
   broadcast_index(g, &masked, in->rank, buf, cap);
 }
 
+/* Whether SUM_TO keeps the input's last *kept axes whole and sums over the
+ * rest (the target's other axes, if any, are 1): then it sums whole rows. */
+static bool sum_to_keeps_trailing(const fl_node *n, const fl_shape *in, int *kept) {
+  const fl_shape *t = &n->shape;
+  int k = 0;
+  while (k < t->rank && k < in->rank && fl_dim_eq(t->dims[t->rank - 1 - k], in->dims[in->rank - 1 - k])) k++;
+  for (int j = 0; j < t->rank - k; j++)
+    if (t->dims[j].sym >= 0 || t->dims[j].coef != 1) return false;
+  *kept = k;
+  return k > 0 && k < in->rank;
+}
+
 /* ---- kernels ---------------------------------------------------------------- */
 
 static void emit_matmul(const fl_graph *g, const fl_node *n, strbuf *sb) {
@@ -362,10 +374,20 @@ static void emit_node_body(const fl_graph *g, const fl_node *n, strbuf *sb) {
     emit_sum_loops(g, n, x, buf, n->op == FL_OP_REDUCE_MEAN ? scale : NULL, sb);
     break;
   }
-  case FL_OP_SUM_TO:
+  case FL_OP_SUM_TO: {
+    int kept;
+    if (n->dtype == FL_F32 && sum_to_keeps_trailing(n, x, &kept)) {
+      /* A bias's gradient: whole rows summed, which the runtime threads. */
+      char rows[128], cols[128];
+      emit_dims_product(g, x, 0, x->rank - kept, rows, sizeof rows);
+      emit_dims_product(g, x, x->rank - kept, x->rank, cols, sizeof cols);
+      sb_printf(sb, "  flrt_sum_rows(in0, %s, %s, out);\n", rows, cols);
+      break;
+    }
     sum_to_out_index(g, n, x, buf, sizeof buf);
     emit_sum_loops(g, n, x, buf, NULL, sb);
     break;
+  }
   case FL_OP_BROADCAST: {
     char in_idx[256], out_idx[256], in_size[128];
     broadcast_index(g, x, n->shape.rank, in_idx, sizeof in_idx);

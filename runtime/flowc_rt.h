@@ -261,6 +261,11 @@ void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy
 void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x,
                              const float *dy, float *dfilter, float *cols);
 
+/* out[c] = the sum over rows of in[r][c] (a bias's gradient). Threads sum
+ * runs of rows, added in thread order: the result depends on the thread
+ * count only. */
+void flrt_sum_rows(const float *in, int64_t rows, int64_t cols, float *out);
+
 /* max_pool (padding cells never win) and its gradient: each window's dy goes
  * to the first maximum in row-major window order. */
 void flrt_max_pool(const flrt_window *w, const float *x, float *out);

@@ -797,6 +797,43 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
   }
 }
 
+/* ---- sums ---------------------------------------------------------------- */
+
+/* Columns summed at a time, and the most threads that share the rows: the
+ * partial sums live on the stack (16 KiB). */
+#define SUM_COLUMNS 256
+#define FLRT_MAX_THREADS_SUMMED 16
+
+void flrt_sum_rows(const float *in, int64_t rows, int64_t cols, float *out) {
+  int64_t threads = rows * cols >= FLRT_PARALLEL_MIN ? max_threads() : 1;
+  if (threads > rows) threads = rows;
+  if (threads <= 1) {
+    for (int64_t c = 0; c < cols; c++) out[c] = 0.0f;
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < cols; c++) out[c] += in[r * cols + c];
+    return;
+  }
+  /* Each thread sums a contiguous run of rows; the runs' sums are then added
+   * in thread order, so for one thread count the result never changes. */
+  for (int64_t c0 = 0; c0 < cols; c0 += SUM_COLUMNS) {
+    const int64_t width = cols - c0 < SUM_COLUMNS ? cols - c0 : SUM_COLUMNS;
+    float partial[FLRT_MAX_THREADS_SUMMED][SUM_COLUMNS];
+    const int64_t used = threads < FLRT_MAX_THREADS_SUMMED ? threads : FLRT_MAX_THREADS_SUMMED;
+    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(used))
+    for (int64_t t = 0; t < used; t++) {
+      float *sum = partial[t];
+      for (int64_t c = 0; c < width; c++) sum[c] = 0.0f;
+      for (int64_t r = rows * t / used; r < rows * (t + 1) / used; r++)
+        for (int64_t c = 0; c < width; c++) sum[c] += in[r * cols + c0 + c];
+    }
+    for (int64_t c = 0; c < width; c++) {
+      float total = partial[0][c];
+      for (int64_t t = 1; t < used; t++) total += partial[t][c];
+      out[c0 + c] = total;
+    }
+  }
+}
+
 /* ---- max_pool ------------------------------------------------------------ */
 
 /* Channels run innermost in NHWC, over contiguous memory: each window cell

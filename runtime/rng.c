@@ -142,6 +142,12 @@ void flrt_dropout_mask(float *dst, size_t n, float keep_prob, uint64_t seed, uin
     return;
   }
   const float scale = 1.0f / keep_prob;
+  if (keep_prob >= 1.0f) {
+    /* Everything kept (evaluation): every draw in [0, 1) would pass, so
+     * none is needed (6 us of Deep MNIST's 0.37 ms batch-1 forward pass). */
+    for (size_t i = 0; i < n; i++) dst[i] = scale;
+    return;
+  }
   const uint64_t run_seed = seed ^ ((run >> 32) << 32);
   /* Each mask value is a function of its index alone: any thread may draw it. */
   FLRT_PARALLEL_FOR((int64_t)n)

@@ -648,3 +648,32 @@ Test(conv2d, images_split_into_row_bands_match_naive, .timeout = 120) {
   }
 #endif
 }
+
+/* ---- flrt_sum_rows -------------------------------------------------------- */
+
+/* Column sums over whole rows (widths under and over a block of 256
+ * columns), threaded by runs of rows: close to the double-precision sum at
+ * every thread count, and the same bits every time for one count. */
+Test(sum_rows, matches_rows_added_in_order) {
+  lcg_state = 31;
+  const int64_t shapes[][2] = {{5000, 10}, {2000, 32}, {1500, 40}, {100, 1024}, {200, 300}, {3, 7}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    const int64_t rows = shapes[s][0], cols = shapes[s][1];
+    float *in = random_floats((size_t)(rows * cols)), *got = random_floats((size_t)cols);
+    float *again = random_floats((size_t)cols);
+    double *want = calloc((size_t)cols, sizeof *want);
+    for (int64_t r = 0; r < rows; r++)
+      for (int64_t c = 0; c < cols; c++) want[c] += in[r * cols + c];
+    for (int threads = 1; threads <= 3; threads++) {
+#ifdef _OPENMP
+      omp_set_num_threads(threads);
+#endif
+      flrt_sum_rows(in, rows, cols, got);
+      cr_log_info("%lld x %lld, %d threads", (long long)rows, (long long)cols, threads);
+      assert_close(got, want, (size_t)cols, 1e-4, "sum_rows");
+      flrt_sum_rows(in, rows, cols, again);
+      cr_assert(memcmp(got, again, (size_t)cols * sizeof *got) == 0, "the same sums twice");
+    }
+    free(in), free(got), free(again), free(want);
+  }
+}
