@@ -11,6 +11,7 @@ int main(int argc, char **argv) {
   int threads = argc > 1 ? atoi(argv[1]) : 1;
   int steps = argc > 2 ? atoi(argv[2]) : 20;
   flrt_set_threads(threads);
+  flrt_flush_denormals(); /* as the generated programs do */
   enum { BATCH = 50 };
   static float images[BATCH * 784], labels[BATCH * 10];
   bench_fill_batch(images, labels, BATCH, 1);

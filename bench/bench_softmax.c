@@ -10,6 +10,7 @@ int main(int argc, char **argv) {
   flrt_select_blas_kernels(argv);
   int threads = argc > 1 ? atoi(argv[1]) : 1;
   flrt_set_threads(threads);
+  flrt_flush_denormals(); /* as the generated programs do */
   enum { BATCH = 100, STEPS = 400 };
   static float images[BATCH * 784], labels[BATCH * 10];
   bench_fill_batch(images, labels, BATCH, 2);

@@ -276,7 +276,7 @@ int emit_main(const emit_model *em, strbuf *sb) {
   sb_printf(sb, "  if (argc > 0 && argv[0]) program = argv[0];\n  flrt_select_blas_kernels(argv);\n");
   sb_printf(sb, "  flrt_parse_options(argc, argv, \"the %s model, compiled by flowc from ", p);
   c_string(sb, em->opt->source_path ? em->opt->source_path : "a description");
-  sb_printf(sb, "\", &opt);\n  flrt_set_threads(opt.threads);\n  flrt_install_interrupt_handler();\n\n");
+  sb_printf(sb, "\", &opt);\n  flrt_set_threads(opt.threads);\n  flrt_flush_denormals();\n  flrt_install_interrupt_handler();\n\n");
   sb_printf(sb, "  %s *m = %s_new(opt.seed);\n  if (!m) {\n    fprintf(stderr, \"%%s: out of memory for the model\\n\", program);\n    return 1;\n  }\n", p, p);
   sb_printf(sb, "  if (opt.resume_path) {\n    if (%s_load(m, opt.resume_path))\n      fail_model(m);\n"
                 "    if (!opt.quiet)\n      printf(\"resumed from %%s at step %%lld\\n\", opt.resume_path, (long long)m->step);\n  }\n", p);

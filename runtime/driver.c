@@ -23,6 +23,11 @@ extern char *openblas_get_corename(void);
 extern int openblas_get_parallel(void); /* 0 sequential, 1 pthreads, 2 OpenMP */
 #endif
 #include <unistd.h>
+#if defined(__x86_64__) || (defined(__i386__) && defined(__SSE2__))
+#include <xmmintrin.h>
+#define FLUSH_TO_ZERO 0x8000u      /* MXCSR bit 15 */
+#define DENORMALS_ARE_ZERO 0x0040u /* MXCSR bit 6 */
+#endif
 
 /* ---- options -------------------------------------------------------------- */
 
@@ -275,6 +280,23 @@ void flrt_set_threads(int n) {
 #endif
 #ifdef FLRT_USE_OPENBLAS_THREADS
   if (n > 0) openblas_set_num_threads(n);
+#endif
+}
+
+/* Denormal floats (below 1.2e-38 in magnitude) cost an x86 core on the
+ * order of a hundred cycles per operation. A network in training reaches
+ * them (Adam's moments, gradients through dead units): a Deep MNIST step
+ * took 28 ms from a few thousand steps on instead of 21. TensorFlow flushes
+ * them to zero on the CPU, and so do generated programs: FTZ (results) and
+ * DAZ (inputs) in MXCSR, on this thread and every thread of the OpenMP team;
+ * threads created later inherit the mode from the thread that creates them. */
+void flrt_flush_denormals(void) {
+#if defined(__x86_64__) || (defined(__i386__) && defined(__SSE2__))
+  _mm_setcsr(_mm_getcsr() | FLUSH_TO_ZERO | DENORMALS_ARE_ZERO);
+#ifdef _OPENMP
+#pragma omp parallel
+  _mm_setcsr(_mm_getcsr() | FLUSH_TO_ZERO | DENORMALS_ARE_ZERO);
+#endif
 #endif
 }
 

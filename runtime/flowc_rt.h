@@ -184,6 +184,11 @@ void flrt_select_blas_kernels(char **argv);
  * cores. Compiled with -DFLRT_NO_BLAS or -DFLRT_NO_OPENBLAS it needs no
  * OpenBLAS to link. */
 void flrt_set_threads(int n);
+/* Floats below the normal range become 0, in results and in inputs, on this
+ * thread and the OpenMP team's (x86; elsewhere nothing), as TensorFlow does
+ * on the CPU: denormal arithmetic is some hundred times slower there. Call
+ * after flrt_set_threads. */
+void flrt_flush_denormals(void);
 
 /* ---- threads ---------------------------------------------------------------
  * FLRT_OMP(omp parallel for ...) is an OpenMP directive in a program built

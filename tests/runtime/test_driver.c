@@ -298,3 +298,44 @@ Test(driver, set_threads_accepts_any_count) {
   flrt_set_threads(1);
   flrt_set_threads(-3);
 }
+
+/* ---- flrt_flush_denormals ------------------------------------------------- */
+
+#if defined(__x86_64__) || (defined(__i386__) && defined(__SSE2__))
+/* A product below the normal range, and a denormal input, on one thread. */
+static bool flushes_here(void) {
+  volatile float tiny = 1e-30f, scale = 1e-10f, denormal = 1e-40f, one = 1.0f;
+  return tiny * scale == 0.0f && denormal * one == 0.0f;
+}
+#endif
+
+/* Before: denormals are kept on every thread (the check itself can fail).
+ * After: flushed on the calling thread and on the threads of the team that
+ * already existed, which the runtime's loops reuse. */
+Test(driver, flush_denormals_on_every_thread) {
+#if !defined(__x86_64__) && !(defined(__i386__) && defined(__SSE2__))
+  cr_skip_test("flushes denormals on x86 only");
+#else
+  int flushed = 0, threads = 0;
+#ifdef _OPENMP
+  omp_set_num_threads(3);
+#pragma omp parallel reduction(+ : flushed, threads)
+#endif
+  {
+    flushed += flushes_here();
+    threads += 1;
+  }
+  cr_assert_eq(flushed, 0, "denormals flushed on %d threads before flrt_flush_denormals", flushed);
+  flrt_flush_denormals();
+  cr_assert(flushes_here(), "not flushed on the calling thread");
+  flushed = threads = 0;
+#ifdef _OPENMP
+#pragma omp parallel reduction(+ : flushed, threads)
+#endif
+  {
+    flushed += flushes_here();
+    threads += 1;
+  }
+  cr_assert_eq(flushed, threads, "flushed on %d of %d threads", flushed, threads);
+#endif
+}
