@@ -802,7 +802,7 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
 /* Columns summed at a time, and the most threads that share the rows: the
  * partial sums live on the stack (16 KiB). */
 #define SUM_COLUMNS 256
-#define FLRT_MAX_THREADS_SUMMED 16
+#define SUM_MAX_THREADS 16
 
 void flrt_sum_rows(const float *in, int64_t rows, int64_t cols, float *out) {
   int64_t threads = rows * cols >= FLRT_PARALLEL_MIN ? max_threads() : 1;
@@ -817,8 +817,8 @@ void flrt_sum_rows(const float *in, int64_t rows, int64_t cols, float *out) {
    * in thread order, so for one thread count the result never changes. */
   for (int64_t c0 = 0; c0 < cols; c0 += SUM_COLUMNS) {
     const int64_t width = cols - c0 < SUM_COLUMNS ? cols - c0 : SUM_COLUMNS;
-    float partial[FLRT_MAX_THREADS_SUMMED][SUM_COLUMNS];
-    const int64_t used = threads < FLRT_MAX_THREADS_SUMMED ? threads : FLRT_MAX_THREADS_SUMMED;
+    float partial[SUM_MAX_THREADS][SUM_COLUMNS];
+    const int64_t used = threads < SUM_MAX_THREADS ? threads : SUM_MAX_THREADS;
     FLRT_OMP(omp parallel for schedule(static, 1) num_threads(used))
     for (int64_t t = 0; t < used; t++) {
       float *sum = partial[t];
