@@ -422,6 +422,8 @@ typedef float vec __attribute__((vector_size(VEC * sizeof(float))));
 typedef float unaligned_vec __attribute__((vector_size(VEC * sizeof(float)), aligned(sizeof(float)), may_alias));
 #define LOAD_VEC(p) (*(const unaligned_vec *)(p))
 #define STORE_VEC(p, v) (*(unaligned_vec *)(p) = (v))
+/* What comparing two vecs gives: all bits set where true. */
+typedef int32_t mask __attribute__((vector_size(VEC * sizeof(float))));
 #define DIRECT_BLOCKS 1
 #else
 #define DIRECT_BLOCKS 0
@@ -915,6 +917,55 @@ static void max_pool_grad_tiled_row(const flrt_window *w, const float *img, cons
   }
 }
 
+/* The same for 2x2 windows (Deep MNIST's pools), in one pass over each
+ * pixel's channels with the four cells side by side: the general loops above
+ * make seven short passes per pixel, each with its own set-up, and ran at a
+ * seventh of the memory's speed. GCC does not vectorize the selects, so whole
+ * vectors of channels are written with the vector type, cells chosen by
+ * masks; the rest (and other compilers) take the plain loop. */
+static void max_pool_grad_2x2_row(const flrt_window *w, const float *img, const float *g, float *dimg, int64_t oh,
+                                  bool relu) {
+  const int64_t C = w->in_c, row = w->in_w * C;
+  for (int64_t ow = 0; ow < w->out_w; ow++, g += C) {
+    const int64_t at = 2 * oh * row + 2 * ow * C;
+    const float *x0 = img + at, *x1 = x0 + C, *x2 = x0 + row, *x3 = x2 + C;
+    float *d0 = dimg + at, *d1 = d0 + C, *d2 = d0 + row, *d3 = d2 + C;
+    int64_t c = 0;
+#if DIRECT_BLOCKS
+    for (; c + VEC <= C; c += VEC) {
+      const vec v0 = LOAD_VEC(x0 + c), v1 = LOAD_VEC(x1 + c), v2 = LOAD_VEC(x2 + c), v3 = LOAD_VEC(x3 + c);
+      /* Only strictly greater replaces, in cell order: ties go to the first
+       * maximum, as in max_pool_grad_tiled_row. */
+      const mask over1 = v1 > v0;
+      const vec best1 = (vec)((over1 & (mask)v1) | (~over1 & (mask)v0));
+      const mask over2 = v2 > best1;
+      const vec best2 = (vec)((over2 & (mask)v2) | (~over2 & (mask)best1));
+      const mask over3 = v3 > best2;
+      const vec best = (vec)((over3 & (mask)v3) | (~over3 & (mask)best2));
+      /* the maximum is the relu's output: no gradient where it is not positive */
+      const mask keep = relu ? (mask)(best > (vec){0}) : ~(mask){0};
+      const mask grad = (mask)LOAD_VEC(g + c) & keep;
+      STORE_VEC(d0 + c, (vec)(grad & ~(over1 | over2 | over3)));
+      STORE_VEC(d1 + c, (vec)(grad & over1 & ~(over2 | over3)));
+      STORE_VEC(d2 + c, (vec)(grad & over2 & ~over3));
+      STORE_VEC(d3 + c, (vec)(grad & over3));
+    }
+#endif
+    for (; c < C; c++) {
+      float best = x0[c];
+      int32_t which = 0;
+      if (x1[c] > best) best = x1[c], which = 1;
+      if (x2[c] > best) best = x2[c], which = 2;
+      if (x3[c] > best) best = x3[c], which = 3;
+      const float grad = relu && !(best > 0.0f) ? 0.0f : g[c];
+      d0[c] = which == 0 ? grad : 0.0f;
+      d1[c] = which == 1 ? grad : 0.0f;
+      d2[c] = which == 2 ? grad : 0.0f;
+      d3[c] = which == 3 ? grad : 0.0f;
+    }
+  }
+}
+
 /* Any window: dx zeroed, then each window's gradient added at its maximum
  * (overlapping windows accumulate). */
 static void max_pool_grad_image(const flrt_window *w, const float *img, const float *g, float *dimg) {
@@ -959,8 +1010,9 @@ static void max_pool_grad(const flrt_window *w, const float *x, const float *dy,
     FLRT_PARALLEL_FOR(rows * w->out_w * w->in_c)
     for (int64_t r = 0; r < rows; r++) {
       const int64_t n = r / w->out_h, oh = r % w->out_h;
-      max_pool_grad_tiled_row(w, x + n * image_in, dy + n * image_out + oh * w->out_w * w->in_c,
-                              dx + n * image_in, oh, relu);
+      const float *g = dy + n * image_out + oh * w->out_w * w->in_c;
+      if (w->k_h == 2 && w->k_w == 2) max_pool_grad_2x2_row(w, x + n * image_in, g, dx + n * image_in, oh, relu);
+      else max_pool_grad_tiled_row(w, x + n * image_in, g, dx + n * image_in, oh, relu);
     }
     return;
   }

@@ -402,7 +402,7 @@ static const pool_case pool_cases[] = {
     {1, 7, 5, 2, 3, 1, true},  {2, 7, 5, 3, 3, 1, false}, {1, 5, 7, 2, 3, 2, true},
     {2, 28, 28, 4, 2, 2, true}, {1, 4, 4, 1, 4, 1, true},
     /* windows that tile the image, over more channels than one pass takes */
-    {1, 4, 6, 300, 2, 2, false}, {2, 6, 6, 3, 3, 3, true},
+    {1, 4, 6, 300, 2, 2, false}, {2, 6, 6, 3, 3, 3, true}, {3, 6, 8, 40, 2, 2, true},
 };
 #define NPOOL (sizeof pool_cases / sizeof pool_cases[0])
 
