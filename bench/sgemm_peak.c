@@ -3,12 +3,20 @@
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bench_util.h"
 #include "flowc_rt.h"
 
+extern char *openblas_get_corename(void);
+
+/* sgemm_peak THREADS: the GFLOP/s; sgemm_peak --kernels: OpenBLAS's kernel set. */
 int main(int argc, char **argv) {
   flrt_select_blas_kernels(argv);
+  if (argc > 1 && strcmp(argv[1], "--kernels") == 0) {
+    printf("%s\n", openblas_get_corename());
+    return 0;
+  }
   int threads = argc > 1 ? atoi(argv[1]) : 1;
   flrt_set_threads(threads);
   const int n = 2048, repeats = 7;

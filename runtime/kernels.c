@@ -2,10 +2,47 @@
 #include "flowc_rt.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifndef FLRT_NO_BLAS
 #include <cblas.h>
+#endif
+
+/* The direct loops work on blocks of PIXELS output pixels (of one output
+ * row) x FILTERS filters, whose accumulators stay in registers while the
+ * window is walked: each filter row is loaded once for PIXELS products, each
+ * input value broadcast once for FILTERS. 8 x 32 takes 16 of AVX-512's 32
+ * vector registers; 6 x 16 takes 12 of AVX2's 16. Filters beyond the last
+ * whole block, and images narrower than a block, take plain loops. */
+#ifdef __AVX512F__
+#define VEC 16
+#define PIXELS 8
+#else
+#define VEC 8
+#define PIXELS 6
+#endif
+#define FILTER_VECS 2
+#define FILTERS (VEC * FILTER_VECS)
+
+/* VEC floats as one value: GCC and Clang keep it in a vector register on
+ * every target (or split it), where their vectorizer mangles the same loops
+ * written with arrays. Other compilers get plain loops. */
+#ifdef __GNUC__
+typedef float vec __attribute__((vector_size(VEC * sizeof(float))));
+/* The same, at any float's address: loads and stores through it keep the
+ * accumulators in registers, where memcpy into and out of them made GCC
+ * spill all of them to the stack on every step (twice the time). Macros, not
+ * functions: a vector passed by value would change the ABI on targets without
+ * the vector unit. */
+typedef float unaligned_vec __attribute__((vector_size(VEC * sizeof(float)), aligned(sizeof(float)), may_alias));
+#define LOAD_VEC(p) (*(const unaligned_vec *)(p))
+#define STORE_VEC(p, v) (*(unaligned_vec *)(p) = (v))
+/* What comparing two vecs gives: all bits set where true. */
+typedef int32_t mask __attribute__((vector_size(VEC * sizeof(float))));
+#define DIRECT_BLOCKS 1
+#else
+#define DIRECT_BLOCKS 0
 #endif
 
 /* ---- GEMM ------------------------------------------------------------------
@@ -62,6 +99,169 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
  * gradient: 3136 x 1024 over 50 examples) is split by rows instead. */
 #define SPLIT_MAX_DEPTH 256
 
+#if DIRECT_BLOCKS
+/* A classifier's GEMMs have outputs at most NARROW_COLUMNS wide (10 classes)
+ * against a long sum (logits = x W) or many rows (the weight gradient x^T
+ * dlogits). OpenBLAS packs both matrices for a few microseconds of work (19
+ * and 14 us of the softmax regression step's 40); these loops pack nothing.
+ * Blocks of rows and columns keep their accumulators in registers; rows and
+ * columns past the end repeat the last one and are not stored. */
+#define NARROW_COLUMNS 16
+#define NARROW_ROWS 4
+#define NARROW_BLOCK_COLUMNS 5
+#define NARROW_VECS 4
+/* Threads pay from this many multiply-adds on (some microseconds' work). */
+#define NARROW_THREADS_MIN_MACS ((int64_t)1 << 17)
+
+static float sum_lanes(const vec *v) {
+  float sum = 0.0f;
+  for (int l = 0; l < VEC; l++) sum += (*v)[l];
+  return sum;
+}
+
+static void store_or_add(float *c, float value, bool accumulate) { *c = accumulate ? *c + value : value; }
+
+/* c[i][j] (+)= sum_p a[i][p] bt[j][p] for rows [i0, i1) and all n columns:
+ * dot products of contiguous rows, the remainder of k in plain loops. */
+static void narrow_dots(int64_t i0, int64_t i1, int64_t n, int64_t k, const float *a, int64_t lda, const float *bt,
+                        int64_t ldbt, float *c, int64_t ldc, bool accumulate) {
+  for (int64_t i = i0; i < i1; i += NARROW_ROWS)
+    for (int64_t j = 0; j < n; j += NARROW_BLOCK_COLUMNS) {
+      const float *arow[NARROW_ROWS], *brow[NARROW_BLOCK_COLUMNS];
+      for (int r = 0; r < NARROW_ROWS; r++) arow[r] = a + (i + r < i1 ? i + r : i1 - 1) * lda;
+      for (int q = 0; q < NARROW_BLOCK_COLUMNS; q++) brow[q] = bt + (j + q < n ? j + q : n - 1) * ldbt;
+      vec acc[NARROW_ROWS][NARROW_BLOCK_COLUMNS];
+      for (int r = 0; r < NARROW_ROWS; r++)
+        for (int q = 0; q < NARROW_BLOCK_COLUMNS; q++) acc[r][q] = (vec){0};
+      int64_t p = 0;
+      for (; p + VEC <= k; p += VEC) {
+        vec av[NARROW_ROWS], bv[NARROW_BLOCK_COLUMNS];
+        for (int r = 0; r < NARROW_ROWS; r++) av[r] = LOAD_VEC(arow[r] + p);
+        for (int q = 0; q < NARROW_BLOCK_COLUMNS; q++) bv[q] = LOAD_VEC(brow[q] + p);
+        for (int r = 0; r < NARROW_ROWS; r++)
+          for (int q = 0; q < NARROW_BLOCK_COLUMNS; q++) acc[r][q] += av[r] * bv[q];
+      }
+      for (int r = 0; r < NARROW_ROWS && i + r < i1; r++)
+        for (int q = 0; q < NARROW_BLOCK_COLUMNS && j + q < n; q++) {
+          float sum = sum_lanes(&acc[r][q]);
+          for (int64_t t = p; t < k; t++) sum += arow[r][t] * brow[q][t];
+          store_or_add(c + (i + r) * ldc + j + q, sum, accumulate);
+        }
+    }
+}
+
+/* c[i][0..n) (+)= sum_p a[i][p] b[p][0..n) for rows [i0, i1), n at most
+ * vecs * VEC: each row of B is loaded as whole vectors, lanes past n reading
+ * into the next row and thrown away; the last rows, whose vectors would
+ * reach past the end of B, go through a zero-padded copy. */
+#define NARROW_ROW_BLOCK 8
+static inline void narrow_rows(int vecs, int64_t i0, int64_t i1, int64_t n, int64_t k, const float *a, int64_t lda,
+                               const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+  const int64_t last_safe = ((k - 1) * ldb + n - vecs * VEC) / ldb; /* reads end inside B up to here */
+  const int64_t safe_rows = (k - 1) * ldb + n >= vecs * VEC ? (last_safe + 1 < k ? last_safe + 1 : k) : 0;
+  for (int64_t i = i0; i < i1; i += NARROW_ROW_BLOCK) {
+    const float *arow[NARROW_ROW_BLOCK];
+    for (int r = 0; r < NARROW_ROW_BLOCK; r++) arow[r] = a + (i + r < i1 ? i + r : i1 - 1) * lda;
+    vec acc[NARROW_ROW_BLOCK][2];
+    for (int r = 0; r < NARROW_ROW_BLOCK; r++)
+      for (int v = 0; v < vecs; v++) acc[r][v] = (vec){0};
+    for (int64_t p = 0; p < k; p++) {
+      float padded[2 * VEC] = {0};
+      const float *brow = b + p * ldb;
+      if (p >= safe_rows) {
+        memcpy(padded, brow, (size_t)n * sizeof *padded);
+        brow = padded;
+      }
+      vec bv[2];
+      for (int v = 0; v < vecs; v++) bv[v] = LOAD_VEC(brow + v * VEC);
+      for (int r = 0; r < NARROW_ROW_BLOCK; r++) {
+        const float x = arow[r][p];
+        for (int v = 0; v < vecs; v++) acc[r][v] += x * bv[v];
+      }
+    }
+    for (int r = 0; r < NARROW_ROW_BLOCK && i + r < i1; r++)
+      for (int64_t j = 0; j < n; j++) store_or_add(c + (i + r) * ldc + j, acc[r][j / VEC][j % VEC], accumulate);
+  }
+}
+
+/* c[p][j] (+)= sum_i a[i][p] b[i][j] for the vecs * VEC rows of c from p0
+ * (columns of a, contiguous in a's rows) and all n columns. */
+static inline void narrow_outer_block(int vecs, int64_t p0, int64_t n, int64_t k, const float *a, int64_t lda,
+                                      const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+  for (int64_t j = 0; j < n; j += NARROW_BLOCK_COLUMNS) {
+    int64_t column[NARROW_BLOCK_COLUMNS];
+    for (int q = 0; q < NARROW_BLOCK_COLUMNS; q++) column[q] = j + q < n ? j + q : n - 1;
+    vec acc[NARROW_BLOCK_COLUMNS][NARROW_VECS];
+    for (int q = 0; q < NARROW_BLOCK_COLUMNS; q++)
+      for (int v = 0; v < vecs; v++) acc[q][v] = (vec){0};
+    for (int64_t i = 0; i < k; i++) {
+      vec av[NARROW_VECS];
+      for (int v = 0; v < vecs; v++) av[v] = LOAD_VEC(a + i * lda + p0 + v * VEC);
+      for (int q = 0; q < NARROW_BLOCK_COLUMNS; q++) {
+        const float bq = b[i * ldb + column[q]];
+        for (int v = 0; v < vecs; v++) acc[q][v] += bq * av[v];
+      }
+    }
+    for (int v = 0; v < vecs; v++)
+      for (int l = 0; l < VEC; l++)
+        for (int q = 0; q < NARROW_BLOCK_COLUMNS && j + q < n; q++)
+          store_or_add(c + (p0 + v * VEC + l) * ldc + j + q, acc[q][v][l], accumulate);
+  }
+}
+
+static void narrow_outer(int64_t p0, int64_t p1, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                         int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+  int64_t p = p0;
+  for (; p + NARROW_VECS * VEC <= p1; p += NARROW_VECS * VEC)
+    narrow_outer_block(NARROW_VECS, p, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  for (; p + VEC <= p1; p += VEC) narrow_outer_block(1, p, n, k, a, lda, b, ldb, c, ldc, accumulate);
+  for (; p < p1; p++)
+    for (int64_t j = 0; j < n; j++) {
+      float sum = 0.0f;
+      for (int64_t i = 0; i < k; i++) sum += a[i * lda + p] * b[i * ldb + j];
+      store_or_add(c + p * ldc + j, sum, accumulate);
+    }
+}
+
+/* The narrow cases, or false to leave the GEMM to OpenBLAS. */
+static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                        const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+  if (n > NARROW_COLUMNS) return false;
+  int threads = 1;
+#ifdef _OPENMP
+  if (!omp_in_parallel() && m * n * k >= NARROW_THREADS_MIN_MACS) threads = omp_get_max_threads();
+#endif
+  if (!trans_a && !trans_b && k >= NARROW_VECS * VEC) {
+    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
+    for (int t = 0; t < threads; t++) {
+      const int64_t i0 = m * t / threads, i1 = m * (t + 1) / threads;
+      if (n <= VEC) narrow_rows(1, i0, i1, n, k, a, lda, b, ldb, c, ldc, accumulate);
+      else narrow_rows(2, i0, i1, n, k, a, lda, b, ldb, c, ldc, accumulate);
+    }
+    return true;
+  }
+  if (!trans_a && trans_b && k >= NARROW_VECS * VEC) {
+    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
+    for (int t = 0; t < threads; t++) {
+      const int64_t i0 = m * t / threads / NARROW_ROWS * NARROW_ROWS,
+                    i1 = t + 1 == threads ? m : m * (t + 1) / threads / NARROW_ROWS * NARROW_ROWS;
+      narrow_dots(i0, i1, n, k, a, lda, b, ldb, c, ldc, accumulate);
+    }
+    return true;
+  }
+  if (trans_a && !trans_b && m >= NARROW_VECS * VEC) {
+    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
+    for (int t = 0; t < threads; t++) {
+      const int64_t step = NARROW_VECS * VEC, p0 = m * t / threads / step * step,
+                    p1 = t + 1 == threads ? m : m * (t + 1) / threads / step * step;
+      narrow_outer(p0, p1, n, k, a, lda, b, ldb, c, ldc, accumulate);
+    }
+    return true;
+  }
+  return false;
+}
+#endif
+
 void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
   /* A single row or column is a matrix-vector product: sgemv reads the
@@ -83,6 +283,9 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     }
     return;
   }
+#if DIRECT_BLOCKS
+  if (m > 0 && n > 0 && k > 0 && narrow_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate)) return;
+#endif
   const float beta = accumulate ? 1.0f : 0.0f;
 #ifdef _OPENMP
   /* A GEMM with few rows (fully connected layers at batch 50: m = 50, n and k
@@ -392,42 +595,6 @@ static void pad_image(const flrt_window *w, const float *img, float *padded) {
       memcpy(padded + ((ih + w->pad_top) * pw + w->pad_left) * C, img + ih * w->in_w * C,
              (size_t)(cols * C) * sizeof *img);
 }
-
-/* The direct loops work on blocks of PIXELS output pixels (of one output
- * row) x FILTERS filters, whose accumulators stay in registers while the
- * window is walked: each filter row is loaded once for PIXELS products, each
- * input value broadcast once for FILTERS. 8 x 32 takes 16 of AVX-512's 32
- * vector registers; 6 x 16 takes 12 of AVX2's 16. Filters beyond the last
- * whole block, and images narrower than a block, take plain loops. */
-#ifdef __AVX512F__
-#define VEC 16
-#define PIXELS 8
-#else
-#define VEC 8
-#define PIXELS 6
-#endif
-#define FILTER_VECS 2
-#define FILTERS (VEC * FILTER_VECS)
-
-/* VEC floats as one value: GCC and Clang keep it in a vector register on
- * every target (or split it), where their vectorizer mangles the same loops
- * written with arrays. Other compilers get plain loops. */
-#ifdef __GNUC__
-typedef float vec __attribute__((vector_size(VEC * sizeof(float))));
-/* The same, at any float's address: loads and stores through it keep the
- * accumulators in registers, where memcpy into and out of them made GCC
- * spill all of them to the stack on every step (twice the time). Macros, not
- * functions: a vector passed by value would change the ABI on targets without
- * the vector unit. */
-typedef float unaligned_vec __attribute__((vector_size(VEC * sizeof(float)), aligned(sizeof(float)), may_alias));
-#define LOAD_VEC(p) (*(const unaligned_vec *)(p))
-#define STORE_VEC(p, v) (*(unaligned_vec *)(p) = (v))
-/* What comparing two vecs gives: all bits set where true. */
-typedef int32_t mask __attribute__((vector_size(VEC * sizeof(float))));
-#define DIRECT_BLOCKS 1
-#else
-#define DIRECT_BLOCKS 0
-#endif
 
 #if DIRECT_BLOCKS
 /* out[p][0..FILTERS) for PIXELS pixels starting at in_row, the window's

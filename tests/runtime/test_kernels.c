@@ -121,13 +121,18 @@ static void init_case(flrt_window *w, const conv_case *k) {
 /* Every transpose and shape class: a single row and a single column go to
  * sgemv, few rows and many columns to one GEMM per thread on its columns
  * (8 x 300 x 1800, blocks not a multiple of 16 wide), many rows and a short
- * sum to one GEMM per thread on its rows (600 x 100 x 70), the rest to sgemm;
+ * sum to one GEMM per thread on its rows (600 x 100 x 70), at most 16
+ * columns (a classifier's) to dot products along the sum or, when A is
+ * transposed, to vectors along the rows (100 x 10 x 784 and 784 x 10 x 100,
+ * with partial blocks of rows, columns and vectors in 70 x 13 x 200 and
+ * 150 x 7 x 33), the rest to sgemm;
  * overwriting must clear a NaN left in the output, accumulating must add to
  * what is there. */
 Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
   lcg_state = 11;
-  const int64_t shapes[][3] = {{1, 7, 5}, {6, 1, 5}, {1, 1, 4}, {4, 3, 6}, {1, 9, 1}, {5, 2, 1}, {8, 300, 1800},
-                               {600, 100, 70}};
+  const int64_t shapes[][3] = {{1, 7, 5},     {6, 1, 5},     {1, 1, 4},   {4, 3, 6},      {1, 9, 1},
+                               {5, 2, 1},     {8, 300, 1800}, {600, 100, 70}, {100, 10, 784}, {70, 13, 200},
+                               {150, 7, 33}, {784, 10, 100}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int t = 0; t < 8; t++) {
       const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
