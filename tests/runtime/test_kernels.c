@@ -104,6 +104,9 @@ static const conv_case conv_cases[] = {
      * blocks of 8 pixels and 16 filters, and a stride */
     {3, 12, 19, 2, 3, 3, 1, 1, 20, true}, {2, 11, 17, 4, 3, 3, 2, 2, 32, false},
     {2, 28, 28, 1, 5, 5, 1, 1, 32, true},
+    /* the filter gradient in tiles of channels x filters, with channels and
+     * filters left over, and a stride */
+    {2, 9, 7, 11, 3, 3, 1, 1, 37, true}, {2, 9, 8, 16, 3, 3, 2, 2, 64, false},
     /* just over the direct limit of the gradients (im2col; direct forward),
      * then in chunks of many images */
     {2, 9, 10, 8, 3, 3, 1, 1, 16, true}, {40, 6, 6, 8, 3, 3, 1, 1, 16, true},
