@@ -2,7 +2,6 @@
 #include "flowc_rt.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #ifndef FLRT_NO_BLAS
@@ -169,8 +168,8 @@ static inline void narrow_rows(int vecs, int64_t i0, int64_t i1, int64_t n, int6
     vec acc[NARROW_ROW_BLOCK][2];
     for (int r = 0; r < NARROW_ROW_BLOCK; r++)
       for (int v = 0; v < vecs; v++) acc[r][v] = (vec){0};
+    float padded[2 * VEC] = {0};
     for (int64_t p = 0; p < k; p++) {
-      float padded[2 * VEC] = {0};
       const float *brow = b + p * ldb;
       if (p >= safe_rows) {
         memcpy(padded, brow, (size_t)n * sizeof *padded);
