@@ -125,10 +125,11 @@ static void init_case(flrt_window *w, const conv_case *k) {
  * sgemv, few rows and many columns to one GEMM per thread on its columns
  * (8 x 300 x 1800, blocks not a multiple of 16 wide), many rows and a short
  * sum to one GEMM per thread on its rows (600 x 100 x 70), at most 16
- * columns (a classifier's) to dot products along the sum or, when A is
- * transposed, to vectors along the rows (100 x 10 x 784 and 784 x 10 x 100,
- * with partial blocks of rows, columns and vectors in 70 x 13 x 200 and
- * 150 x 7 x 33), the rest to sgemm;
+ * columns (a classifier's) to flowc's own loops: rows of B as vectors for
+ * A B, dot products for A B^T, vectors along A's rows for A^T B (100 x 10 x
+ * 784 and 784 x 10 x 100, with partial blocks of rows, columns and vectors in
+ * 70 x 13 x 200 and 150 x 7 x 33; A^T B^T stays with sgemm), the rest to
+ * sgemm;
  * overwriting must clear a NaN left in the output, accumulating must add to
  * what is there. */
 Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
