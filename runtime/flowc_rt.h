@@ -219,8 +219,9 @@ void flrt_flush_denormals(void);
 /* C (m x n) = op(A) (m x k) @ op(B) (k x n), row-major with leading
  * dimensions lda, ldb, ldc; op(A) is A^T when trans_a (A then stored k x m),
  * likewise for B. C is overwritten, or added to when accumulate. OpenBLAS's
- * sgemm, its sgemv for a single row or column, or plain loops built with
- * -DFLRT_NO_BLAS. */
+ * sgemm, its sgemv for a single row or column, flowc's own vector loops for
+ * an output at most 16 columns wide (GCC and Clang), or plain loops built
+ * with -DFLRT_NO_BLAS. */
 void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate);
 
