@@ -997,22 +997,19 @@ static void grad_filter_chunk(const conv_chunk *c, float *scratch, void *ctx) {
   const int64_t image_rows = w->out_h * w->out_w;
   float *partial = scratch + partial_at(a->w, O);
   const float *x = a->x + c->first * image_in, *dy = a->dy + c->first * image_rows * O;
-  if (runs_direct(w)) {
-    for (int64_t n = 0; n < w->batch; n++) {
-      pad_image(w, x + n * image_in, scratch);
-      direct_grad_filter_image(w, O, scratch, dy + n * image_rows * O, partial);
-    }
-    return;
-  }
+  /* The direct loops: one padded image at a time. */
+  void (*per_image)(const flrt_window *, int64_t, const float *, const float *, float *) =
+      runs_direct(w) ? direct_grad_filter_image : NULL;
 #if DIRECT_BLOCKS
-  if (grad_filter_runs_tiled(w, O)) {
+  if (!per_image && grad_filter_runs_tiled(w, O)) per_image = direct_grad_filter_tiles;
+#endif
+  if (per_image) {
     for (int64_t n = 0; n < w->batch; n++) {
       pad_image(w, x + n * image_in, scratch);
-      direct_grad_filter_tiles(w, O, scratch, dy + n * image_rows * O, partial);
+      per_image(w, O, scratch, dy + n * image_rows * O, partial);
     }
     return;
   }
-#endif
   /* partial (K x O) += cols^T (K x rows) @ dy (rows x O). */
   flrt_im2col(w, x, scratch);
   flrt_gemm(true, false, K, O, w->batch * image_rows, scratch, K, dy, O, partial, O, true);
