@@ -695,18 +695,7 @@ static void emit_xent_group(const fl_graph *g, const fl_group *grp, strbuf *sb) 
   char rows[128], classes[96];
   emit_dims_product(g, logits, 0, logits->rank - 1, rows, sizeof rows);
   emit_dim(g, logits->dims[logits->rank - 1], classes, sizeof classes);
-  sb_printf(sb, "  const int64_t classes = %s;\n  FLRT_PARALLEL_FOR_EXP((%s) * classes)\n", classes, rows);
-  sb_printf(sb, "  for (int64_t r = 0; r < %s; r++) {\n", rows);
-  sb_printf(sb, "    const float *z = in1 + r * classes, *labels = in0 + r * classes;\n"
-                "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n      if (z[c] > max) max = z[c];\n"
-                "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++) {\n"
-                "      const double e = exp((double)z[c] - max);\n"
-                "      out1[r * classes + c] = (float)e; /* divided by the sum below */\n      sum += e;\n    }\n"
-                "    const double log_sum = log(sum);\n    double loss = 0.0;\n"
-                "    for (int64_t c = 0; c < classes; c++) {\n"
-                "      loss -= labels[c] * ((double)z[c] - max - log_sum);\n"
-                "      out1[r * classes + c] = (float)((out1[r * classes + c] / sum - labels[c]) * in2[r]);\n"
-                "    }\n    out0[r] = (float)loss;\n  }\n");
+  sb_printf(sb, "  flrt_softmax_xent(%s, %s, in0, in1, in2, out0, out1);\n", rows, classes);
 }
 
 static void emit_updates_group(const fl_graph *g, const fl_group *grp, const int *ins, int nins, strbuf *sb) {

@@ -272,6 +272,14 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
  * count only. */
 void flrt_sum_rows(const float *in, int64_t rows, int64_t cols, float *out);
 
+/* Softmax cross-entropy of each row of logits against its labels (rows x
+ * classes, rows laid end to end), and its gradient in one pass over one
+ * softmax: loss[r] = -sum_c labels * log softmax(z), grad[r][c] =
+ * (softmax(z)[c] - labels[r][c]) * dy[r]. In float, exp and log as
+ * polynomials on vectors where GCC and Clang build it. */
+void flrt_softmax_xent(int64_t rows, int64_t classes, const float *labels, const float *logits, const float *dy,
+                       float *loss, float *grad);
+
 /* max_pool (padding cells never win) and its gradient: each window's dy goes
  * to the first maximum in row-major window order. */
 void flrt_max_pool(const flrt_window *w, const float *x, float *out);

@@ -697,3 +697,64 @@ Test(sum_rows, matches_rows_added_in_order) {
     free(in), free(got), free(again), free(want);
   }
 }
+
+/* ---- softmax cross-entropy ------------------------------------------------ */
+
+static void naive_softmax_xent(int64_t rows, int64_t classes, const float *labels, const float *z, const float *dy,
+                               double *loss, double *grad) {
+  for (int64_t r = 0; r < rows; r++) {
+    const float *zr = z + r * classes, *yr = labels + r * classes;
+    double max = zr[0], sum = 0.0;
+    for (int64_t c = 1; c < classes; c++) max = fmax(max, zr[c]);
+    for (int64_t c = 0; c < classes; c++) sum += exp(zr[c] - max);
+    loss[r] = 0.0;
+    for (int64_t c = 0; c < classes; c++) {
+      loss[r] -= yr[c] * (zr[c] - max - log(sum));
+      grad[r * classes + c] = (exp(zr[c] - max) / sum - yr[c]) * dy[r];
+    }
+  }
+}
+
+/* Rows that fill no block, one, part of the next and several runs of
+ * blocks; classes up to the widest row turned into lanes and past it (the
+ * plain loop); logits from -1 to 1 and spread over -100..100, where most
+ * exponentials underflow. Labels are one-hot, or spread over the classes. */
+Test(softmax_xent, matches_double_reference) {
+  lcg_state = 41;
+  const int64_t shapes[][2] = {{1, 10}, {15, 10}, {16, 10}, {17, 3}, {100, 10}, {130, 64}, {70, 65}, {9, 1}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int spread = 0; spread < 2; spread++) {
+      const int64_t rows = shapes[s][0], classes = shapes[s][1];
+      const size_t n = (size_t)(rows * classes);
+      float *z = random_floats(n), *labels = calloc(n, sizeof *labels), *dy = random_floats((size_t)rows);
+      float *loss = random_floats((size_t)rows), *grad = random_floats(n);
+      double *want_loss = malloc((size_t)rows * sizeof *want_loss), *want_grad = malloc(n * sizeof *want_grad);
+      cr_assert(labels && want_loss && want_grad);
+      for (int64_t r = 0; r < rows; r++) {
+        if (spread)
+          for (int64_t c = 0; c < classes; c++) {
+            z[r * classes + c] *= 100.0f;
+            labels[r * classes + c] = 1.0f / (float)classes;
+          }
+        else
+          labels[r * classes + (r * 7) % classes] = 1.0f;
+      }
+      naive_softmax_xent(rows, classes, labels, z, dy, want_loss, want_grad);
+      for (int threads = 1; threads <= 3; threads++) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        cr_log_info("%lld x %lld, logits x%d, %d threads", (long long)rows, (long long)classes, spread ? 100 : 1,
+                    threads);
+        flrt_softmax_xent(rows, classes, labels, z, dy, loss, grad);
+        /* float throughout: a few ulp of the loss's terms (up to 200 here) */
+        for (int64_t r = 0; r < rows; r++)
+          cr_assert(fabs(loss[r] - want_loss[r]) <= 2e-6 * fmax(1.0, fabs(want_loss[r])) + (spread ? 3e-5 : 0.0),
+                    "loss[%lld]: got %.8g, want %.8g", (long long)r, (double)loss[r], want_loss[r]);
+        for (size_t i = 0; i < n; i++)
+          cr_assert(fabs(grad[i] - want_grad[i]) <= 1e-6, "grad[%zu]: got %.8g, want %.8g", i, (double)grad[i],
+                    want_grad[i]);
+      }
+      free(z), free(labels), free(dy), free(loss), free(grad), free(want_loss), free(want_grad);
+    }
+}
