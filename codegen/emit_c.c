@@ -890,7 +890,8 @@ static void emit_entry_body(emit_model *em, const emit_entry *e, strbuf *sb) {
   }
   int next_group = s->npure;
   for (int i = 0; i <= g->nnodes; i++) {
-    while (next_group < s->ngroups && (i == g->nnodes || s->groups[next_group].nodes[0] < i))
+    while (next_group < s->ngroups &&
+           (i == g->nnodes || fl_group_side_effect_node(g, &s->groups[next_group]) < i))
       emit_group_code(em, e, next_group++, (const char *const *)buffers, &plan, sb);
     if (i == g->nnodes) break;
     const fl_node *nd = &g->nodes[i];

@@ -183,20 +183,36 @@ static bool sum_to_keeps_trailing(const fl_node *n, const fl_shape *in, int *kep
 
 /* ---- kernels ---------------------------------------------------------------- */
 
-static void emit_matmul(const fl_graph *g, const fl_node *n, strbuf *sb) {
+/* A matmul's GEMM arguments: "trans_a, trans_b, m, n, k" in head, and its
+ * leading dimensions. */
+typedef struct {
+  char head[320], lda[96], ldb[96], ldc[96];
+} gemm_args;
+
+static void matmul_gemm_args(const fl_graph *g, const fl_node *n, gemm_args *args) {
   const fl_shape *a = &g->nodes[n->inputs[0]].shape, *b = &g->nodes[n->inputs[1]].shape;
-  char m[96], k[96], cols[96], lda[96], ldb[96];
+  char m[96], k[96];
+  emit_dim(g, n->shape.dims[0], m, sizeof m);
+  emit_dim(g, n->shape.dims[1], args->ldc, sizeof args->ldc);
+  emit_dim(g, a->dims[n->attr.transpose_a ? 0 : 1], k, sizeof k);
+  emit_dim(g, a->dims[1], args->lda, sizeof args->lda);
+  emit_dim(g, b->dims[1], args->ldb, sizeof args->ldb);
+  snprintf(args->head, sizeof args->head, "%s, %s, %s, %s, %s", n->attr.transpose_a ? "true" : "false",
+           n->attr.transpose_b ? "true" : "false", m, args->ldc, k);
+}
+
+static void emit_matmul(const fl_graph *g, const fl_node *n, strbuf *sb) {
+  if (n->dtype == FL_F32) {
+    gemm_args args;
+    matmul_gemm_args(g, n, &args);
+    sb_printf(sb, "  flrt_gemm(%s, in0, %s, in1, %s, out, %s, false);\n", args.head, args.lda, args.ldb, args.ldc);
+    return;
+  }
+  const fl_shape *a = &g->nodes[n->inputs[0]].shape;
+  char m[96], k[96], cols[96];
   emit_dim(g, n->shape.dims[0], m, sizeof m);
   emit_dim(g, n->shape.dims[1], cols, sizeof cols);
   emit_dim(g, a->dims[n->attr.transpose_a ? 0 : 1], k, sizeof k);
-  emit_dim(g, a->dims[1], lda, sizeof lda);
-  emit_dim(g, b->dims[1], ldb, sizeof ldb);
-  if (n->dtype == FL_F32) {
-    sb_printf(sb, "  flrt_gemm(%s, %s, %s, %s, %s, in0, %s, in1, %s, out, %s, false);\n",
-              n->attr.transpose_a ? "true" : "false", n->attr.transpose_b ? "true" : "false", m, cols, k, lda,
-              ldb, cols);
-    return;
-  }
   sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    for (int64_t j = 0; j < %s; j++) {\n", m, cols);
   sb_printf(sb, "      %s sum = 0;\n      for (int64_t p = 0; p < %s; p++)\n", emit_ctype(n->dtype), k);
   sb_printf(sb, "        sum += in0[%s] * in1[%s];\n", n->attr.transpose_a ? "p * (int64_t)(m_lda) + i" : "i * (int64_t)(m_lda) + p",
@@ -566,6 +582,7 @@ int group_inputs(const fl_graph *g, const fl_group *grp, int *ins) {
 
 /* Members whose values the group stores, in order: the root, or every member. */
 static int group_outputs(const fl_graph *g, const fl_group *grp, int *outs) {
+  if (grp->root >= 0 && fl_op_has_side_effect(g->nodes[grp->root].op)) return 0; /* it updates in place */
   if (grp->root >= 0) {
     outs[0] = grp->root;
     return 1;
@@ -718,6 +735,18 @@ static void emit_updates_group(const fl_graph *g, const fl_group *grp, const int
   }
 }
 
+/* The weight gradient's GEMM subtracts lr times the product from the weight. */
+static void emit_gemm_sgd_group(const fl_graph *g, const fl_group *grp, const int *ins, int nins, strbuf *sb) {
+  const fl_node *gemm = &g->nodes[grp->nodes[0]], *sgd = &g->nodes[grp->nodes[1]];
+  gemm_args args;
+  matmul_gemm_args(g, gemm, &args);
+  char alpha[48];
+  emit_float(alpha, sizeof alpha, -sgd->attr.lr);
+  sb_printf(sb, "  flrt_gemm_update(%s, in%d, %s, in%d, %s, %s, in%d, %s);\n", args.head,
+            input_index(ins, nins, gemm->inputs[0]), args.lda, input_index(ins, nins, gemm->inputs[1]), args.ldb,
+            alpha, input_index(ins, nins, sgd->inputs[0]), args.ldc);
+}
+
 static void emit_pool_grad_relu_group(const fl_graph *g, const fl_group *grp, const int *ins, int nins, strbuf *sb) {
   const fl_node *pool = &g->nodes[grp->nodes[0]];
   emit_window(g, pool, &g->nodes[pool->inputs[0]].shape, pool->attr.ksize[0], pool->attr.ksize[1], sb);
@@ -758,6 +787,7 @@ void emit_group_kernel(const fl_graph *g, const fl_group *grp, const char *fname
   case FL_GROUP_SOFTMAX_XENT: emit_xent_group(g, grp, sb); break;
   case FL_GROUP_UPDATES: emit_updates_group(g, grp, ins, nins, sb); break;
   case FL_GROUP_POOL_GRAD_RELU: emit_pool_grad_relu_group(g, grp, ins, nins, sb); break;
+  case FL_GROUP_GEMM_SGD: emit_gemm_sgd_group(g, grp, ins, nins, sb); break;
   default: break;
   }
   sb_printf(sb, "}\n\n");

@@ -49,6 +49,7 @@ static int input_index(const int *ins, int n, int node) {
 
 /* Members whose values the group stores: the root, or each pure member. */
 static int group_outputs(const fl_graph *g, const fl_group *grp, int *outs) {
+  if (grp->root >= 0 && fl_op_has_side_effect(g->nodes[grp->root].op)) return 0; /* it updates in place */
   if (grp->root >= 0) {
     outs[0] = grp->root;
     return 1;
@@ -606,6 +607,18 @@ static void matmul_gemm(const fl_graph *g, const fl_node *n, const char *a, cons
             out, cols);
 }
 
+/* The weight gradient's GEMM subtracts lr times the product from the weight. */
+static void gemm_sgd_launch(const fl_graph *g, const fl_group *grp, const char *const *buffers, strbuf *host) {
+  const fl_node *n = &g->nodes[grp->nodes[0]], *sgd = &g->nodes[grp->nodes[1]];
+  char m[128], cols[128], k[128], lda[128], ldb[128], alpha[48];
+  matmul_dims(g, n, m, cols, k, lda, ldb);
+  emit_float(alpha, sizeof alpha, -sgd->attr.lr);
+  sb_printf(host, "  flcu_sgemm_update(d, %s, %s, (int64_t)%s, (int64_t)%s, (int64_t)%s, %s, (int64_t)%s, %s, "
+                  "(int64_t)%s, %s, %s, (int64_t)%s);\n",
+            n->attr.transpose_a ? "true" : "false", n->attr.transpose_b ? "true" : "false", m, cols, k,
+            buffers[n->inputs[0]], lda, buffers[n->inputs[1]], ldb, alpha, buffers[sgd->inputs[0]], cols);
+}
+
 /* Integer matmuls are rare and small: one thread per result. */
 static void int_matmul_kernel(const fl_graph *g, const fl_group *grp, const fl_node *n, const char *name, strbuf *cu) {
   int ins[4], outs[1] = {n->id};
@@ -1046,6 +1059,8 @@ int cuda_emit_group_kernels(const fl_graph *g, const fl_group *grp, const char *
     snprintf(names[(*count)++], CUDA_NAME_MAX, "%s", fname);
     pool_kernel(g, grp, &g->nodes[grp->nodes[0]], fname, cu);
     return 0;
+  case FL_GROUP_GEMM_SGD: /* cuBLAS only */
+    return 0;
   default:
     break;
   }
@@ -1123,6 +1138,9 @@ void cuda_emit_group_launch(const fl_graph *g, const fl_group *grp, const char *
   case FL_GROUP_EPILOGUE: epilogue_launch(g, grp, fname, buffers, scratch, host); return;
   case FL_GROUP_SOFTMAX_XENT:
     rows_launch(g, grp, fname, &g->nodes[g->nodes[grp->nodes[0]].inputs[1]].shape, buffers, host);
+    return;
+  case FL_GROUP_GEMM_SGD:
+    gemm_sgd_launch(g, grp, buffers, host);
     return;
   case FL_GROUP_UPDATES:
     for (int part = 0; part < updates_parts(grp); part++) {

@@ -331,6 +331,8 @@ typedef enum {
   FL_GROUP_UPDATES,      /* every optimizer update of the run */
   FL_GROUP_POOL_GRAD_RELU, /* relu_grad(max_pool_grad(y, dy), y): a max_pool's gradient
                             * masked by the relu that feeds the pool, in one pass (root last) */
+  FL_GROUP_GEMM_SGD,     /* a matmul whose only reader is apply_sgd (its gradient): the GEMM
+                          * subtracts lr times the product from the variable (root last) */
 } fl_group_kind;
 
 /* "single", "elementwise", ...: how dumps and generated comments name a kind. */
@@ -351,6 +353,11 @@ typedef struct {
   int *first, *last;   /* per materialized node: groups that write and last read it */
   int npure;           /* groups [0, npure) are pure; fetches are copied after them */
 } fl_schedule;
+
+/* Where a group with side effects stands among the run's other side effects
+ * (assignments included): its first member with a side effect (a gemm_sgd
+ * group's update, not its matmul). -1 for a pure group. */
+int fl_group_side_effect_node(const fl_graph *g, const fl_group *grp);
 
 /* Groups the nodes a run evaluates (needed, not fed) into kernels; fuse=false
  * gives one group per node (the reference the fused code is tested against).

@@ -8,7 +8,9 @@
  *   3. elementwise trees: an elementwise node absorbs producers of the same
  *      shape that nobody else reads; the tree becomes one loop and only its
  *      root is stored;
- *   4. every optimizer update of the run becomes one kernel.
+ *   4. a weight gradient that only gradient descent reads is never stored:
+ *      its GEMM subtracts lr times the product from the weight in place;
+ *   5. every other optimizer update of the run becomes one kernel.
  * Groups are then ordered by their dependencies (Kahn's algorithm, earliest
  * original node first), which keeps the schedule close to the program order. */
 #include <stdlib.h>
@@ -151,6 +153,35 @@ static void fuse_pool_grad_relu(planner *p) {
   }
 }
 
+/* apply_sgd(var, matmul(a, b)) with no other reader of the product: one
+ * GEMM adds -lr * a b to var, so the gradient is neither stored nor read
+ * back. The product then runs among the side effects, so a and b must not
+ * be variables (nor views of them), which updates and assignments change:
+ * the gradient of U in matmul(U, V) reads V, the same step's V before its
+ * update. */
+static bool reads_variable(const fl_graph *g, const fl_node *n) {
+  for (int k = 0; k < n->ninputs; k++)
+    if (g->nodes[fl_storage_of(g, n->inputs[k])].op == FL_OP_VARIABLE) return true;
+  return false;
+}
+
+static void fuse_gemm_sgd(planner *p) {
+  const fl_graph *g = p->g;
+  for (int u = 0; u < g->nnodes; u++) {
+    const fl_node *sgd = &g->nodes[u];
+    if (!free_in_run(p, u) || sgd->op != FL_OP_APPLY_SGD) continue;
+    const int m = sgd->inputs[1];
+    const fl_node *gemm = &g->nodes[m];
+    if (!free_in_run(p, m) || gemm->op != FL_OP_MATMUL || gemm->dtype != FL_F32 || sole_reader(p, m) != u ||
+        reads_variable(g, gemm))
+      continue;
+    int group = new_group(p, FL_GROUP_GEMM_SGD);
+    add_member(p, group, m);
+    add_member(p, group, u);
+    p->s->groups[group].root = u;
+  }
+}
+
 /* Grows an elementwise tree under `root` (members appended after it). */
 static void absorb_producers(planner *p, int group, int node, const fl_shape *shape) {
   const fl_graph *g = p->g;
@@ -197,12 +228,12 @@ static void order_groups(planner *p) {
   int *key = xcalloc((size_t)n, sizeof(int));
   bool *side = xcalloc((size_t)n, sizeof(bool));
   for (int i = 0; i < n; i++) {
+    key[i] = fl_group_side_effect_node(g, &s->groups[i]);
+    side[i] = key[i] >= 0;
+    if (side[i]) continue;
     key[i] = s->groups[i].nodes[0];
-    for (int j = 0; j < s->groups[i].nnodes; j++) {
-      int m = s->groups[i].nodes[j];
-      if (m < key[i]) key[i] = m;
-      if (fl_op_has_side_effect(g->nodes[m].op)) side[i] = true;
-    }
+    for (int j = 0; j < s->groups[i].nnodes; j++)
+      if (s->groups[i].nodes[j] < key[i]) key[i] = s->groups[i].nodes[j];
   }
   for (int placed = 0; placed < n; placed++) {
     int best = -1;
@@ -309,6 +340,7 @@ fl_schedule *fl_schedule_run(const fl_graph *g, const bool *needed, const bool *
     fuse_softmax_xent(&p);
     fuse_pool_grad_relu(&p);
     fuse_elementwise(&p);
+    fuse_gemm_sgd(&p);
     /* Optimizer updates fuse into one kernel while no assignment comes
      * between them: side effects keep their node order. */
     int updates = -1;
@@ -335,9 +367,15 @@ fl_schedule *fl_schedule_run(const fl_graph *g, const bool *needed, const bool *
   return s;
 }
 
+int fl_group_side_effect_node(const fl_graph *g, const fl_group *grp) {
+  for (int j = 0; j < grp->nnodes; j++)
+    if (fl_op_has_side_effect(g->nodes[grp->nodes[j]].op)) return grp->nodes[j];
+  return -1;
+}
+
 const char *fl_group_kind_name(fl_group_kind kind) {
   static const char *const names[] = {"single", "elementwise", "epilogue", "softmax_xent", "updates",
-                                      "pool_grad_relu"};
+                                      "pool_grad_relu", "gemm_sgd"};
   return (unsigned)kind < sizeof names / sizeof names[0] ? names[kind] : "?";
 }
 
@@ -362,7 +400,7 @@ void fl_dump_schedule(const fl_graph *g, const fl_schedule *s, FILE *out) {
       fprintf(out, "%s %%%d %s", j ? "," : "", n->id, fl_op_name(n->op));
       if (n->name) fprintf(out, " (%s)", n->name);
     }
-    if (grp->root >= 0) fprintf(out, " -> %%%d", grp->root);
+    if (grp->root >= 0 && !fl_op_has_side_effect(g->nodes[grp->root].op)) fprintf(out, " -> %%%d", grp->root);
     fputc('\n', out);
   }
 }

@@ -699,11 +699,12 @@ unsigned flcu_chunks(int64_t rows, int64_t rows_per_chunk) {
   return chunks > 1024 ? 1024u : (unsigned)chunks;
 }
 
-void flcu_sgemm(flcu_device *d, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
-                CUdeviceptr a, int64_t lda, CUdeviceptr b, int64_t ldb, CUdeviceptr c, int64_t ldc) {
+static void sgemm(flcu_device *d, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, CUdeviceptr a,
+                  int64_t lda, CUdeviceptr b, int64_t ldb, float alpha, float beta, CUdeviceptr c, int64_t ldc) {
   cublasStatus_t blas_status;
   if (d->failed || m <= 0 || n <= 0) return;
   if (k <= 0) { /* an empty sum: cuBLAS refuses k = 0 with beta 0 on some versions */
+    if (beta != 0.0f) return;
     for (int64_t row = 0; row < m; row++)
       flcu_zero(d, c + (CUdeviceptr)(row * ldc) * sizeof(float), (size_t)n * sizeof(float));
     return;
@@ -713,15 +714,25 @@ void flcu_sgemm(flcu_device *d, bool trans_a, bool trans_b, int64_t m, int64_t n
                  "---> HINT: use a smaller --batch", (long long)m, (long long)n, (long long)k);
     return;
   }
-  const float one = 1.0f, zero = 0.0f;
   /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, and a
    * row-major matrix is its own transpose in column-major: swap the operands,
    * keep each one's transposition flag. */
   BLAS(d,
        cublasSgemm(d->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-                   (int)n, (int)m, (int)k, &one, (const float *)(uintptr_t)b, (int)ldb,
-                   (const float *)(uintptr_t)a, (int)lda, &zero, (float *)(uintptr_t)c, (int)ldc),
+                   (int)n, (int)m, (int)k, &alpha, (const float *)(uintptr_t)b, (int)ldb,
+                   (const float *)(uintptr_t)a, (int)lda, &beta, (float *)(uintptr_t)c, (int)ldc),
        "cublasSgemm");
+}
+
+void flcu_sgemm(flcu_device *d, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                CUdeviceptr a, int64_t lda, CUdeviceptr b, int64_t ldb, CUdeviceptr c, int64_t ldc) {
+  sgemm(d, trans_a, trans_b, m, n, k, a, lda, b, ldb, 1.0f, 0.0f, c, ldc);
+}
+
+void flcu_sgemm_update(flcu_device *d, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                       CUdeviceptr a, int64_t lda, CUdeviceptr b, int64_t ldb, float alpha, CUdeviceptr c,
+                       int64_t ldc) {
+  sgemm(d, trans_a, trans_b, m, n, k, a, lda, b, ldb, alpha, 1.0f, c, ldc);
 }
 
 int flcu_sync(flcu_device *d) {

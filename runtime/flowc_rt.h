@@ -224,6 +224,11 @@ void flrt_flush_denormals(void);
  * with -DFLRT_NO_BLAS. */
 void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate);
+/* C += alpha op(A) op(B), the same loops: a weight updated in place by
+ * gradient descent on its gradient (alpha = -learning rate) as the gradient
+ * is computed, without storing it. */
+void flrt_gemm_update(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                      const float *b, int64_t ldb, float alpha, float *c, int64_t ldc);
 
 typedef struct {
   int64_t batch, in_h, in_w, in_c; /* input N, H, W, C */

@@ -138,6 +138,11 @@ unsigned flcu_chunks(int64_t rows, int64_t rows_per_chunk);
  * C^T = op(B)^T op(A)^T, the same memory). k = 0 gives zeros. */
 void flcu_sgemm(flcu_device *d, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
                 CUdeviceptr a, int64_t lda, CUdeviceptr b, int64_t ldb, CUdeviceptr c, int64_t ldc);
+/* C += alpha op(A) op(B), the same way: a weight updated in place by
+ * gradient descent as its gradient is computed (alpha = -learning rate). */
+void flcu_sgemm_update(flcu_device *d, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                       CUdeviceptr a, int64_t lda, CUdeviceptr b, int64_t ldb, float alpha, CUdeviceptr c,
+                       int64_t ldc);
 /* Waits for the stream; returns -1 with d->error after any failure in the run. */
 int flcu_sync(flcu_device *d);
 

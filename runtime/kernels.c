@@ -55,8 +55,8 @@ typedef int32_t mask __attribute__((vector_size(VEC * sizeof(float))));
  * contiguous memory: a row of B scaled into a row of C (i-k-j order, or k-i-j
  * when A is transposed, so that A too is read a row at a time), or a dot
  * product of two rows when B is transposed. */
-void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
-               const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
   if (!trans_b) {
     if (!accumulate)
       for (int64_t i = 0; i < m; i++)
@@ -66,7 +66,7 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
         const float *arow = a + p * lda, *brow = b + p * ldb;
         for (int64_t i = 0; i < m; i++) {
           float *crow = c + i * ldc;
-          for (int64_t j = 0; j < n; j++) crow[j] += arow[i] * brow[j];
+          for (int64_t j = 0; j < n; j++) crow[j] += alpha * arow[i] * brow[j];
         }
       }
     } else {
@@ -74,7 +74,7 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
         float *crow = c + i * ldc;
         for (int64_t p = 0; p < k; p++) {
           const float *brow = b + p * ldb;
-          for (int64_t j = 0; j < n; j++) crow[j] += a[i * lda + p] * brow[j];
+          for (int64_t j = 0; j < n; j++) crow[j] += alpha * a[i * lda + p] * brow[j];
         }
       }
     }
@@ -85,7 +85,7 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
       const float *brow = b + j * ldb; /* row j of B is column j of B^T */
       float sum = 0.0f;
       for (int64_t p = 0; p < k; p++) sum += (trans_a ? a[p * lda + i] : a[i * lda + p]) * brow[p];
-      c[i * ldc + j] = accumulate ? c[i * ldc + j] + sum : sum;
+      c[i * ldc + j] = accumulate ? c[i * ldc + j] + alpha * sum : alpha * sum;
     }
   }
 }
@@ -118,12 +118,16 @@ static float sum_lanes(const vec *v) {
   return sum;
 }
 
-static void store_or_add(float *c, float value, bool accumulate) { *c = accumulate ? *c + value : value; }
+/* c (+)= alpha * value: alpha is 1, or minus a learning rate when the sum is
+ * a gradient that updates c in place. */
+static void store_or_add(float *c, float alpha, float value, bool accumulate) {
+  *c = accumulate ? *c + alpha * value : alpha * value;
+}
 
 /* c[i][j] (+)= sum_p a[i][p] bt[j][p] for rows [i0, i1) and all n columns:
  * dot products of contiguous rows, the remainder of k in plain loops. */
 static void narrow_dots(int64_t i0, int64_t i1, int64_t n, int64_t k, const float *a, int64_t lda, const float *bt,
-                        int64_t ldbt, float *c, int64_t ldc, bool accumulate) {
+                        int64_t ldbt, float alpha, float *c, int64_t ldc, bool accumulate) {
   for (int64_t i = i0; i < i1; i += NARROW_ROWS)
     for (int64_t j = 0; j < n; j += NARROW_BLOCK_COLUMNS) {
       const float *arow[NARROW_ROWS], *brow[NARROW_BLOCK_COLUMNS];
@@ -144,7 +148,7 @@ static void narrow_dots(int64_t i0, int64_t i1, int64_t n, int64_t k, const floa
         for (int q = 0; q < NARROW_BLOCK_COLUMNS && j + q < n; q++) {
           float sum = sum_lanes(&acc[r][q]);
           for (int64_t t = p; t < k; t++) sum += arow[r][t] * brow[q][t];
-          store_or_add(c + (i + r) * ldc + j + q, sum, accumulate);
+          store_or_add(c + (i + r) * ldc + j + q, alpha, sum, accumulate);
         }
     }
 }
@@ -159,7 +163,7 @@ static void narrow_dots(int64_t i0, int64_t i1, int64_t n, int64_t k, const floa
 #define NARROW_ROW_BLOCK 6 /* 12 accumulators for 16 columns, of 16 registers */
 #endif
 static inline void narrow_rows(int vecs, int64_t i0, int64_t i1, int64_t n, int64_t k, const float *a, int64_t lda,
-                               const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+                               const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
   const int64_t last_safe = ((k - 1) * ldb + n - vecs * VEC) / ldb; /* reads end inside B up to here */
   const int64_t safe_rows = (k - 1) * ldb + n >= vecs * VEC ? (last_safe + 1 < k ? last_safe + 1 : k) : 0;
   for (int64_t i = i0; i < i1; i += NARROW_ROW_BLOCK) {
@@ -183,14 +187,14 @@ static inline void narrow_rows(int vecs, int64_t i0, int64_t i1, int64_t n, int6
       }
     }
     for (int r = 0; r < NARROW_ROW_BLOCK && i + r < i1; r++)
-      for (int64_t j = 0; j < n; j++) store_or_add(c + (i + r) * ldc + j, acc[r][j / VEC][j % VEC], accumulate);
+      for (int64_t j = 0; j < n; j++) store_or_add(c + (i + r) * ldc + j, alpha, acc[r][j / VEC][j % VEC], accumulate);
   }
 }
 
 /* c[p][j] (+)= sum_i a[i][p] b[i][j] for the vecs * VEC rows of c from p0
  * (columns of a, contiguous in a's rows) and all n columns. */
 static inline void narrow_outer_block(int vecs, int64_t p0, int64_t n, int64_t k, const float *a, int64_t lda,
-                                      const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+                                      const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
   for (int64_t j = 0; j < n; j += NARROW_BLOCK_COLUMNS) {
     int64_t column[NARROW_BLOCK_COLUMNS];
     for (int q = 0; q < NARROW_BLOCK_COLUMNS; q++) column[q] = j + q < n ? j + q : n - 1;
@@ -208,27 +212,27 @@ static inline void narrow_outer_block(int vecs, int64_t p0, int64_t n, int64_t k
     for (int v = 0; v < vecs; v++)
       for (int l = 0; l < VEC; l++)
         for (int q = 0; q < NARROW_BLOCK_COLUMNS && j + q < n; q++)
-          store_or_add(c + (p0 + v * VEC + l) * ldc + j + q, acc[q][v][l], accumulate);
+          store_or_add(c + (p0 + v * VEC + l) * ldc + j + q, alpha, acc[q][v][l], accumulate);
   }
 }
 
 static void narrow_outer(int64_t p0, int64_t p1, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
-                         int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+                         int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
   int64_t p = p0;
   for (; p + NARROW_VECS * VEC <= p1; p += NARROW_VECS * VEC)
-    narrow_outer_block(NARROW_VECS, p, n, k, a, lda, b, ldb, c, ldc, accumulate);
-  for (; p + VEC <= p1; p += VEC) narrow_outer_block(1, p, n, k, a, lda, b, ldb, c, ldc, accumulate);
+    narrow_outer_block(NARROW_VECS, p, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
+  for (; p + VEC <= p1; p += VEC) narrow_outer_block(1, p, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
   for (; p < p1; p++)
     for (int64_t j = 0; j < n; j++) {
       float sum = 0.0f;
       for (int64_t i = 0; i < k; i++) sum += a[i * lda + p] * b[i * ldb + j];
-      store_or_add(c + p * ldc + j, sum, accumulate);
+      store_or_add(c + p * ldc + j, alpha, sum, accumulate);
     }
 }
 
 /* The narrow cases, or false to leave the GEMM to OpenBLAS. */
 static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
-                        const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+                        const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
   if (n > NARROW_COLUMNS) return false;
   int threads = 1;
 #ifdef _OPENMP
@@ -238,8 +242,8 @@ static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
     FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
     for (int t = 0; t < threads; t++) {
       const int64_t i0 = m * t / threads, i1 = m * (t + 1) / threads;
-      if (n <= VEC) narrow_rows(1, i0, i1, n, k, a, lda, b, ldb, c, ldc, accumulate);
-      else narrow_rows(2, i0, i1, n, k, a, lda, b, ldb, c, ldc, accumulate);
+      if (n <= VEC) narrow_rows(1, i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
+      else narrow_rows(2, i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
     }
     return true;
   }
@@ -248,7 +252,7 @@ static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
     for (int t = 0; t < threads; t++) {
       const int64_t i0 = m * t / threads / NARROW_ROWS * NARROW_ROWS,
                     i1 = t + 1 == threads ? m : m * (t + 1) / threads / NARROW_ROWS * NARROW_ROWS;
-      narrow_dots(i0, i1, n, k, a, lda, b, ldb, c, ldc, accumulate);
+      narrow_dots(i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
     }
     return true;
   }
@@ -257,7 +261,7 @@ static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
     for (int t = 0; t < threads; t++) {
       const int64_t step = NARROW_VECS * VEC, p0 = m * t / threads / step * step,
                     p1 = t + 1 == threads ? m : m * (t + 1) / threads / step * step;
-      narrow_outer(p0, p1, n, k, a, lda, b, ldb, c, ldc, accumulate);
+      narrow_outer(p0, p1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
     }
     return true;
   }
@@ -265,8 +269,8 @@ static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
 }
 #endif
 
-void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
-               const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                 const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
   /* A single row or column is a matrix-vector product: sgemv reads the
    * matrix once, where sgemm first packs it (ten times slower for the
    * batch-1 forward pass of a 3136 x 1024 layer). The output is cleared
@@ -277,17 +281,17 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     if (!accumulate) memset(c, 0, (size_t)(row ? n : m) * sizeof *c);
     if (row) { /* c = op(B)^T a, a's k values lda apart when it is a column */
       const blasint a_step = trans_a ? (blasint)lda : 1;
-      if (trans_b) cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)k, 1.0f, b, (blasint)ldb, a, a_step, 1.0f, c, 1);
-      else cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)k, (blasint)n, 1.0f, b, (blasint)ldb, a, a_step, 1.0f, c, 1);
+      if (trans_b) cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)n, (blasint)k, alpha, b, (blasint)ldb, a, a_step, 1.0f, c, 1);
+      else cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)k, (blasint)n, alpha, b, (blasint)ldb, a, a_step, 1.0f, c, 1);
     } else { /* c = op(A) b, b's k values ldb apart when it is a column */
       const blasint b_step = trans_b ? 1 : (blasint)ldb;
-      if (trans_a) cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)k, (blasint)m, 1.0f, a, (blasint)lda, b, b_step, 1.0f, c, 1);
-      else cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)m, (blasint)k, 1.0f, a, (blasint)lda, b, b_step, 1.0f, c, 1);
+      if (trans_a) cblas_sgemv(CblasRowMajor, CblasTrans, (blasint)k, (blasint)m, alpha, a, (blasint)lda, b, b_step, 1.0f, c, 1);
+      else cblas_sgemv(CblasRowMajor, CblasNoTrans, (blasint)m, (blasint)k, alpha, a, (blasint)lda, b, b_step, 1.0f, c, 1);
     }
     return;
   }
 #if DIRECT_BLOCKS
-  if (m > 0 && n > 0 && k > 0 && narrow_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, c, ldc, accumulate)) return;
+  if (m > 0 && n > 0 && k > 0 && narrow_gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate)) return;
 #endif
   const float beta = accumulate ? 1.0f : 0.0f;
 #ifdef _OPENMP
@@ -302,7 +306,7 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
       /* Column blocks of whole cache lines (16 floats). */
       const int64_t j0 = n * t / threads / 16 * 16, j1 = t + 1 == threads ? n : n * (t + 1) / threads / 16 * 16;
       cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                  (blasint)m, (blasint)(j1 - j0), (blasint)k, 1.0f, a, (blasint)lda, trans_b ? b + j0 * ldb : b + j0,
+                  (blasint)m, (blasint)(j1 - j0), (blasint)k, alpha, a, (blasint)lda, trans_b ? b + j0 * ldb : b + j0,
                   (blasint)ldb, beta, c + j0, (blasint)ldc);
     }
     return;
@@ -315,16 +319,26 @@ void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, cons
     for (int64_t t = 0; t < threads; t++) {
       const int64_t i0 = m * t / threads / 16 * 16, i1 = t + 1 == threads ? m : m * (t + 1) / threads / 16 * 16;
       cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                  (blasint)(i1 - i0), (blasint)n, (blasint)k, 1.0f, trans_a ? a + i0 : a + i0 * lda, (blasint)lda, b,
+                  (blasint)(i1 - i0), (blasint)n, (blasint)k, alpha, trans_a ? a + i0 : a + i0 * lda, (blasint)lda, b,
                   (blasint)ldb, beta, c + i0 * ldc, (blasint)ldc);
     }
     return;
   }
 #endif
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-              (blasint)m, (blasint)n, (blasint)k, 1.0f, a, (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);
+              (blasint)m, (blasint)n, (blasint)k, alpha, a, (blasint)lda, b, (blasint)ldb, beta, c, (blasint)ldc);
 }
 #endif
+
+void flrt_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+               const float *b, int64_t ldb, float *c, int64_t ldc, bool accumulate) {
+  gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, 1.0f, c, ldc, accumulate);
+}
+
+void flrt_gemm_update(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+                      const float *b, int64_t ldb, float alpha, float *c, int64_t ldc) {
+  gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, alpha, c, ldc, true);
+}
 
 /* memset with a length of 0 still wants a valid pointer; empty tensors may
  * come as NULL. */

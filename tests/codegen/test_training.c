@@ -360,6 +360,13 @@ Test(build, fusion_dump_and_memory_report, .timeout = 120) {
                 strstr(out, "(updates):") && strstr(out, "relu (h_conv1) -> %"),
             "the fusion dump should list the train step's fused groups:\n%s", out);
   free(out);
+  /* the softmax regression's weight gradient goes straight into W */
+  rc = e2e_run(&out, "'%s/compiler/flowc' dump --after fusion '%s/examples/mnist_softmax.flow'", e2e_build_root(),
+               e2e_source_root());
+  cr_assert_eq(rc, 0, "%s", out);
+  cr_assert(strstr(out, "(gemm_sgd): %") && strstr(out, " matmul, %") && strstr(out, " apply_sgd\n"),
+            "the fusion dump should show W's gradient and update as one gemm_sgd group:\n%s", out);
+  free(out);
   rc = e2e_run(&out, "'%s/compiler/flowc' dump --after lunch '%s/examples/mnist_deep.flow'", e2e_build_root(),
                e2e_source_root());
   cr_assert_eq(rc, 2, "an unknown stage is a usage error:\n%s", out);

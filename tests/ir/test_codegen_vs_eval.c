@@ -789,6 +789,69 @@ Test(codegen_vs_eval, scalar_product_training) {
              scalar_product_interpret);
 }
 
+/* A weight gradient that only gradient descent reads is computed into the
+ * weight (a gemm_sgd group): x is a constant, so W's gradient, x^T (2 x W x),
+ * is one GEMM that subtracts lr times itself from W; b's update stays in the
+ * updates kernel. Two steps, so that the second reads the updated W. */
+static void weight_update_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int fetches[2] = {node(g, "loss"), node(g, "train")};
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss", NULL}, 2, l);
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss again", NULL}, 2, l);
+}
+
+Test(codegen_vs_eval, weight_gradient_updates_in_place) {
+  fl_graph *g = compile_text("x = constant([[1.0, 2.0, 0.5], [3.0, -1.0, 2.0]])\n"
+                             "W = variable(random_normal([3, 4]))\n"
+                             "b = variable(random_normal([4]))\n"
+                             "y = matmul(x, W) + b\n"
+                             "loss = reduce_sum(y * y)\n"
+                             "train = gradient_descent(0.01).minimize(loss)\n"
+                             "train {\n  steps = 1\n  run loss, train\n}\n");
+  bool needed[256] = {false};
+  const int target = node(g, "train");
+  cr_assert(g->nnodes <= 256);
+  fl_mark_needed(g, &target, 1, NULL, needed);
+  fl_schedule *s = fl_schedule_run(g, needed, NULL, NULL, 0, true);
+  int fused = 0;
+  for (int i = 0; i < s->ngroups; i++) fused += s->groups[i].kind == FL_GROUP_GEMM_SGD;
+  cr_assert_eq(fused, 1, "W's gradient and update should make one gemm_sgd group");
+  fl_schedule_free(s);
+  fl_graph_free(g);
+  small_case("weight_update", "x = constant([[1.0, 2.0, 0.5], [3.0, -1.0, 2.0]])\n"
+             "W = variable(random_normal([3, 4]))\n"
+             "b = variable(random_normal([4]))\n"
+             "y = matmul(x, W) + b\n"
+             "loss = reduce_sum(y * y)\n"
+             "train = gradient_descent(0.01).minimize(loss)\n"
+             "train {\n  steps = 1\n  run loss, train\n}\n",
+             "  float loss, again;\n  check(m, weight_update_train(m, &loss));\n"
+             "  check(m, weight_update_train(m, &again));\n  put(&loss, sizeof loss);\n  put(&again, sizeof again);\n",
+             weight_update_interpret);
+}
+
+/* The gradient of U in matmul(U, V) reads V, and V's reads U: both GEMMs
+ * read variables that the step updates, so neither may run as part of the
+ * other's update (each must see the values from before the step). */
+static void factorization_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+  int fetches[2] = {node(g, "loss"), node(g, "train")};
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss", NULL}, 2, l);
+  eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss again", NULL}, 2, l);
+}
+
+Test(codegen_vs_eval, factorization_gradients_read_weights_before_updates) {
+  small_case("factorization",
+             "U = variable(random_normal([3, 2]))\n"
+             "V = variable(random_normal([2, 4]))\n"
+             "p = matmul(U, V)\n"
+             "loss = reduce_sum(p * p)\n"
+             "train = gradient_descent(0.05).minimize(loss)\n"
+             "train {\n  steps = 1\n  run loss, train\n}\n",
+             "  float loss, again;\n  check(m, factorization_train(m, &loss));\n"
+             "  check(m, factorization_train(m, &again));\n  put(&loss, sizeof loss);\n"
+             "  put(&again, sizeof again);\n",
+             factorization_interpret);
+}
+
 /* Side effects run in node order (eval.c's phase 2): `reset` (written before
  * the optimizer was lowered) sets W, then the SGD step moves it by the
  * gradient at the old W: W = [5, 5] - 0.1 * [2, 4]. */

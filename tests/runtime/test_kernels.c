@@ -131,33 +131,36 @@ static void init_case(flrt_window *w, const conv_case *k) {
  * 70 x 13 x 200 and 150 x 7 x 33; A^T B^T stays with sgemm), the rest to
  * sgemm;
  * overwriting must clear a NaN left in the output, accumulating must add to
- * what is there. */
+ * what is there, and flrt_gemm_update must add alpha times the product. */
 Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
   lcg_state = 11;
   const int64_t shapes[][3] = {{1, 7, 5},     {6, 1, 5},     {1, 1, 4},   {4, 3, 6},      {1, 9, 1},
                                {5, 2, 1},     {8, 300, 1800}, {600, 100, 70}, {100, 10, 784}, {70, 13, 200},
                                {150, 7, 33}, {784, 10, 100}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-    for (int t = 0; t < 8; t++) {
+    for (int t = 0; t < 12; t++) {
       const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
-      const bool ta = t & 1, tb = t & 2, acc = t & 4;
+      const bool ta = t & 1, tb = t & 2, acc = t & 4, update = t & 8;
+      const float alpha = update ? -0.3f : 1.0f;
       float *a = random_floats((size_t)(m * k)), *b = random_floats((size_t)(k * n));
       float *c = random_floats((size_t)(m * n));
       double *want = malloc((size_t)(m * n) * sizeof *want);
       double *magnitude = malloc((size_t)(m * n) * sizeof *magnitude);
       for (int64_t i = 0; i < m; i++)
         for (int64_t j = 0; j < n; j++) {
-          double sum = acc ? c[i * n + j] : 0.0, size = fabs(sum);
+          double sum = 0.0, size = 0.0;
           for (int64_t p = 0; p < k; p++) {
             double term = (double)(ta ? a[p * m + i] : a[i * k + p]) * (tb ? b[j * k + p] : b[p * n + j]);
             sum += term, size += fabs(term);
           }
-          want[i * n + j] = sum, magnitude[i * n + j] = size;
+          const double before = acc || update ? c[i * n + j] : 0.0;
+          want[i * n + j] = before + alpha * sum, magnitude[i * n + j] = fabs(before) + fabs(alpha) * size;
         }
-      if (!acc) c[0] = NAN;
-      flrt_gemm(ta, tb, m, n, k, a, ta ? m : k, b, tb ? k : n, c, n, acc);
-      cr_log_info("m %lld n %lld k %lld trans_a %d trans_b %d accumulate %d", (long long)m, (long long)n,
-                  (long long)k, ta, tb, acc);
+      if (!acc && !update) c[0] = NAN;
+      if (update) flrt_gemm_update(ta, tb, m, n, k, a, ta ? m : k, b, tb ? k : n, alpha, c, n);
+      else flrt_gemm(ta, tb, m, n, k, a, ta ? m : k, b, tb ? k : n, c, n, acc);
+      cr_log_info("m %lld n %lld k %lld trans_a %d trans_b %d accumulate %d update %d", (long long)m, (long long)n,
+                  (long long)k, ta, tb, acc, update);
       /* Float rounding grows with the sum of the terms' sizes, not with the
        * result (1800 terms of size 1/4 can cancel to about 1), and how it
        * grows depends on the order OpenBLAS's kernel for this CPU adds them. */
