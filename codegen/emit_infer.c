@@ -778,7 +778,8 @@ static void emit_includes(const infer_file *f, strbuf *sb) {
             "#ifndef NAN\n#define NAN (__builtin_nanf(\"\"))\n#endif\n"
             "#else\n#include <math.h>\n#include <string.h>\n#endif\n\n");
   sb_printf(sb, "/* The kernels are shared with training programs, which thread their loops. */\n"
-                "#define FLRT_PARALLEL_FOR(n)\n#define FLRT_PARALLEL_FOR_EXP(n)\n\n");
+                "#define FLRT_PARALLEL_LOOP(n, ...) do { __VA_ARGS__ } while (0)\n"
+                "#define FLRT_PARALLEL_LOOP_EXP(n, ...) do { __VA_ARGS__ } while (0)\n\n");
   sb_printf(sb, "#include \"%s.h\"\n\n", f->prefix);
 }
 

@@ -88,7 +88,7 @@ static void emit_elementwise(const fl_graph *g, const fl_node *n, strbuf *sb) {
       snprintf(i ? b : a, 300, "in%d[%s]", i, scalar ? "0" : "i");
     }
     elementwise_expr(g, n, a, b, expr, sizeof expr);
-    sb_printf(sb, "  FLRT_PARALLEL_FOR(%s)\n  for (int64_t i = 0; i < %s; i++)\n    out[i] = %s;\n", size, size, expr);
+    sb_printf(sb, "  FLRT_PARALLEL_LOOP(%s,\n  for (int64_t i = 0; i < %s; i++)\n    out[i] = %s;\n  );\n", size, size, expr);
     return;
   }
   char idx_a[256], idx_b[256], idx_out[256];
@@ -263,7 +263,7 @@ static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb)
   emit_dim(g, logits->dims[logits->rank - 1], classes, sizeof classes);
   const char *z = n->op == FL_OP_SOFTMAX ? "in0" : "in1";
   sb_printf(sb, "  const int64_t classes = %s;\n", classes);
-  sb_printf(sb, "  FLRT_PARALLEL_FOR_EXP((%s) * classes)\n", rows);
+  sb_printf(sb, "  FLRT_PARALLEL_LOOP_EXP((%s) * classes,\n", rows);
   sb_printf(sb, "  for (int64_t r = 0; r < %s; r++) {\n", rows);
   sb_printf(sb, "    const float *z = %s + r * classes;\n", z);
   sb_printf(sb, "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n"
@@ -294,7 +294,7 @@ static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb)
                   "      out[r * classes + c] = (float)((out[r * classes + c] / sum - in0[r * classes + c]) * in2[r]);\n");
     break;
   }
-  sb_printf(sb, "  }\n");
+  sb_printf(sb, "  });\n");
 }
 
 static void emit_argmax(const fl_graph *g, const fl_node *n, strbuf *sb) {
@@ -322,7 +322,7 @@ static void emit_update(const fl_graph *g, const fl_node *n, strbuf *sb) {
   emit_float(mom, sizeof mom, n->attr.momentum);
   if (n->op == FL_OP_APPLY_ADAM) /* its step size is computed first */
     sb_printf(sb, "  const float lr_t = %s * sqrtf(1.0f - beta2_power[0]) / (1.0f - beta1_power[0]);\n", lr);
-  sb_printf(sb, "  FLRT_PARALLEL_FOR(%s)\n", size);
+  sb_printf(sb, "  FLRT_PARALLEL_LOOP(%s,\n", size);
   switch (n->op) {
   case FL_OP_APPLY_SGD:
     sb_printf(sb, "  for (int64_t i = 0; i < %s; i++)\n    var[i] -= %s * grad[i];\n", size, lr);
@@ -338,6 +338,7 @@ static void emit_update(const fl_graph *g, const fl_node *n, strbuf *sb) {
     sb_printf(sb, "    var[i] -= lr_t * m[i] / (sqrtf(v[i]) + %s);\n  }\n", eps);
     break;
   }
+  sb_printf(sb, "  );\n");
 }
 
 /* The statements of node n's kernel: inputs are in0, in1, ... (or the update
@@ -638,7 +639,7 @@ static void emit_elementwise_group(const fl_graph *g, const fl_group *grp, const
   const char *indent;
   char out_idx[256] = "i";
   if (flat) {
-    sb_printf(sb, "  FLRT_PARALLEL_FOR(%s)\n  for (int64_t i = 0; i < %s; i++) {\n", size, size);
+    sb_printf(sb, "  FLRT_PARALLEL_LOOP(%s,\n  for (int64_t i = 0; i < %s; i++) {\n", size, size);
     indent = "    ";
   } else {
     broadcast_index(g, &root->shape, root->shape.rank, out_idx, sizeof out_idx);
@@ -669,7 +670,7 @@ static void emit_elementwise_group(const fl_graph *g, const fl_group *grp, const
     sb_printf(sb, "%sconst %s v%d = %s;\n", indent, emit_ctype(n->dtype), n->id, expr);
   }
   sb_printf(sb, "%sout0[%s] = v%d;\n", indent, out_idx, grp->root);
-  if (flat) sb_printf(sb, "  }\n");
+  if (flat) sb_printf(sb, "  });\n");
   else sb_printf(sb, "%.*s}\n", (int)strlen(indent) - 2, indent);
 }
 
@@ -698,11 +699,11 @@ static void emit_epilogue_group(const fl_graph *g, const fl_group *grp, const in
   emit_dim(g, gemm->shape.dims[gemm->shape.rank - 1], channels, sizeof channels);
   sb_printf(sb, "  const int64_t channels = %s, rows = (%s) / channels;\n", channels, size);
   sb_printf(sb, "  const float *bias = in%d;\n", input_index(ins, nins, bias));
-  sb_printf(sb, "  FLRT_PARALLEL_FOR(rows * channels)\n");
+  sb_printf(sb, "  FLRT_PARALLEL_LOOP(rows * channels,\n");
   sb_printf(sb, "  for (int64_t r = 0; r < rows; r++) {\n    float *row = out + r * channels;\n"
                 "    for (int64_t c = 0; c < channels; c++) {\n      const float v = row[c] + bias[c];\n");
   sb_printf(sb, relu ? "      row[c] = v > 0.0f ? v : 0.0f;\n" : "      row[c] = v;\n");
-  sb_printf(sb, "    }\n  }\n");
+  sb_printf(sb, "    }\n  });\n");
 }
 
 /* Loss and gradient of softmax cross-entropy from one softmax per row. */

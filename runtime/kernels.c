@@ -925,8 +925,7 @@ void flrt_conv2d_bias(const flrt_window *w, int64_t out_c, const float *x, const
   if (is_pointwise(w)) {
     flrt_gemm(false, false, P, O, K, x, K, filter, O, out, O, false);
     if (bias) {
-      FLRT_PARALLEL_FOR(P * O)
-      for (int64_t r = 0; r < P; r++) add_bias(out + r * O, 1, O, bias, relu);
+      FLRT_PARALLEL_LOOP(P * O, for (int64_t r = 0; r < P; r++) { add_bias(out + r * O, 1, O, bias, relu); });
     }
     return;
   }
@@ -1249,7 +1248,7 @@ void flrt_sum_rows(const float *in, int64_t rows, int64_t cols, float *out) {
  * share them out. */
 void flrt_max_pool(const flrt_window *w, const float *x, float *out) {
   const int64_t C = w->in_c, rows = w->batch * w->out_h;
-  FLRT_PARALLEL_FOR(rows * w->out_w * C)
+  FLRT_PARALLEL_LOOP(rows * w->out_w * C,
   for (int64_t r = 0; r < rows; r++) {
     const int64_t n = r / w->out_h, oh = r % w->out_h;
     const float *img = x + n * w->in_h * w->in_w * C;
@@ -1268,7 +1267,7 @@ void flrt_max_pool(const flrt_window *w, const float *x, float *out) {
         }
       }
     }
-  }
+  });
 }
 
 /* Channels per pass of the gradient: the running maxima and their positions
@@ -1411,24 +1410,24 @@ static void max_pool_grad(const flrt_window *w, const float *x, const float *dy,
   const int64_t image_in = w->in_h * w->in_w * w->in_c, image_out = w->out_h * w->out_w * w->in_c;
   if (pool_tiles_image(w)) {
     const int64_t rows = w->batch * w->out_h;
-    FLRT_PARALLEL_FOR(rows * w->out_w * w->in_c)
+    FLRT_PARALLEL_LOOP(rows * w->out_w * w->in_c,
     for (int64_t r = 0; r < rows; r++) {
       const int64_t n = r / w->out_h, oh = r % w->out_h;
       const float *g = dy + n * image_out + oh * w->out_w * w->in_c;
       if (w->k_h == 2 && w->k_w == 2) max_pool_grad_2x2_row(w, x + n * image_in, g, dx + n * image_in, oh, relu);
       else max_pool_grad_tiled_row(w, x + n * image_in, g, dx + n * image_in, oh, relu);
-    }
+    });
     return;
   }
   /* Windows overlap only within an image: the images are independent. */
-  FLRT_PARALLEL_FOR(w->batch * image_in)
+  FLRT_PARALLEL_LOOP(w->batch * image_in,
   for (int64_t n = 0; n < w->batch; n++) {
     float *dimg = dx + n * image_in;
     const float *img = x + n * image_in;
     max_pool_grad_image(w, img, dy + n * image_out, dimg);
     if (relu)
       for (int64_t i = 0; i < image_in; i++) dimg[i] = img[i] > 0.0f ? dimg[i] : 0.0f;
-  }
+  });
 }
 
 void flrt_max_pool_grad(const flrt_window *w, const float *x, const float *dy, float *dx) {

@@ -150,10 +150,10 @@ void flrt_dropout_mask(float *dst, size_t n, float keep_prob, uint64_t seed, uin
   }
   const uint64_t run_seed = seed ^ ((run >> 32) << 32);
   /* Each mask value is a function of its index alone: any thread may draw it. */
-  FLRT_PARALLEL_FOR((int64_t)n)
+  FLRT_PARALLEL_LOOP((int64_t)n,
   for (size_t i = 0; i < n; i++) {
     uint32_t r[4];
     rng_block(run_seed, stream, (uint64_t)i, (uint32_t)run, r);
     dst[i] = rng_unit_float(r[0]) < keep_prob ? scale : 0.0f;
-  }
+  });
 }
