@@ -234,35 +234,34 @@ static void narrow_outer(int64_t p0, int64_t p1, int64_t n, int64_t k, const flo
 static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
                         const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
   if (n > NARROW_COLUMNS) return false;
+  /* All of OpenMP's threads or none: one thread calls the loops directly,
+   * without a one-thread team (0.3 us). */
   int threads = 1;
 #ifdef _OPENMP
   if (!omp_in_parallel() && m * n * k >= NARROW_THREADS_MIN_MACS) threads = omp_get_max_threads();
 #endif
   if (!trans_a && !trans_b && k >= NARROW_VECS * VEC) {
-    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
-    for (int t = 0; t < threads; t++) {
+    FLRT_PARALLEL_LOOP_FROM(2, threads, for (int t = 0; t < threads; t++) {
       const int64_t i0 = m * t / threads, i1 = m * (t + 1) / threads;
       if (n <= VEC) narrow_rows(1, i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
       else narrow_rows(2, i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
-    }
+    });
     return true;
   }
   if (!trans_a && trans_b && k >= NARROW_VECS * VEC) {
-    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
-    for (int t = 0; t < threads; t++) {
+    FLRT_PARALLEL_LOOP_FROM(2, threads, for (int t = 0; t < threads; t++) {
       const int64_t i0 = m * t / threads / NARROW_ROWS * NARROW_ROWS,
                     i1 = t + 1 == threads ? m : m * (t + 1) / threads / NARROW_ROWS * NARROW_ROWS;
       narrow_dots(i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
-    }
+    });
     return true;
   }
   if (trans_a && !trans_b && m >= NARROW_VECS * VEC) {
-    FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
-    for (int t = 0; t < threads; t++) {
+    FLRT_PARALLEL_LOOP_FROM(2, threads, for (int t = 0; t < threads; t++) {
       const int64_t step = NARROW_VECS * VEC, p0 = m * t / threads / step * step,
                     p1 = t + 1 == threads ? m : m * (t + 1) / threads / step * step;
       narrow_outer(p0, p1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
-    }
+    });
     return true;
   }
   return false;
@@ -1059,8 +1058,9 @@ void flrt_conv2d_grad_filter(const flrt_window *w, int64_t out_c, const float *x
  * one value at a time, 20 cycles each, four fifths of the step's softmax. */
 
 #if DIRECT_BLOCKS
-/* The most classes a block of rows turns in place (three stack buffers of
- * XENT_MAX_CLASSES x VEC floats); wider rows take the plain loop. */
+/* The most classes a block of rows turns into lanes (a stack buffer of
+ * XENT_BLOCKS x XENT_MAX_CLASSES x VEC floats, 16 KiB with AVX-512); wider
+ * rows take the plain loop. */
 #define XENT_MAX_CLASSES 64
 
 /* Macros and pointers, not vectors passed by value: see unaligned_vec. */
@@ -1160,9 +1160,6 @@ static void softmax_xent_rows(int64_t r0, int64_t end, int64_t classes, const fl
 }
 #endif
 
-/* Threads pay from this many logits on. */
-#define XENT_THREADS_MIN 512
-
 /* One row, plain loops. */
 static void softmax_xent_row(int64_t r, int64_t classes, const float *labels, const float *logits, const float *dy,
                              float *loss, float *grad) {
@@ -1183,23 +1180,31 @@ static void softmax_xent_row(int64_t r, int64_t classes, const float *labels, co
   for (int64_t c = 0; c < classes; c++) grad[r * classes + c] = grad[r * classes + c] * factor - y[c] * dy[r];
 }
 
+/* Rows [first, end). */
+static void softmax_xent_part(int64_t first, int64_t end, int64_t classes, const float *labels, const float *logits,
+                              const float *dy, float *loss, float *grad) {
+#if DIRECT_BLOCKS
+  if (classes <= XENT_MAX_CLASSES) {
+    for (int64_t r = first; r < end; r += XENT_BLOCK_ROWS)
+      softmax_xent_rows(r, end, classes, labels, logits, dy, loss, grad);
+    return;
+  }
+#endif
+  for (int64_t r = first; r < end; r++) softmax_xent_row(r, classes, labels, logits, dy, loss, grad);
+}
+
 void flrt_softmax_xent(int64_t rows, int64_t classes, const float *labels, const float *logits, const float *dy,
                        float *loss, float *grad) {
   if (rows <= 0 || classes <= 0) return;
-  int64_t threads = rows * classes >= XENT_THREADS_MIN ? max_threads() : 1;
+  int64_t threads = rows * classes >= FLRT_PARALLEL_EXP_MIN ? max_threads() : 1;
   if (threads > rows) threads = rows;
-  FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
-  for (int64_t t = 0; t < threads; t++) {
-    const int64_t first = rows * t / threads, end = rows * (t + 1) / threads;
-#if DIRECT_BLOCKS
-    if (classes <= XENT_MAX_CLASSES) {
-      for (int64_t r = first; r < end; r += XENT_BLOCK_ROWS)
-        softmax_xent_rows(r, end, classes, labels, logits, dy, loss, grad);
-      continue;
-    }
-#endif
-    for (int64_t r = first; r < end; r++) softmax_xent_row(r, classes, labels, logits, dy, loss, grad);
+  if (threads <= 1) { /* no one-thread team (0.3 us) */
+    softmax_xent_part(0, rows, classes, labels, logits, dy, loss, grad);
+    return;
   }
+  FLRT_OMP(omp parallel for schedule(static, 1) num_threads(threads))
+  for (int64_t t = 0; t < threads; t++)
+    softmax_xent_part(rows * t / threads, rows * (t + 1) / threads, classes, labels, logits, dy, loss, grad);
 }
 
 /* ---- sums ---------------------------------------------------------------- */
