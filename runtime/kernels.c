@@ -111,6 +111,8 @@ static void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
 #define NARROW_VECS 4
 /* Threads pay from this many multiply-adds on (some microseconds' work). */
 #define NARROW_THREADS_MIN_MACS ((int64_t)1 << 17)
+/* The most partial sums (outputs x threads) of a split sum: 32 KiB of stack. */
+#define NARROW_SPLIT_SUM_FLOATS 8192
 
 static float sum_lanes(const vec *v) {
   float sum = 0.0f;
@@ -240,6 +242,34 @@ static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
 #ifdef _OPENMP
   if (!omp_in_parallel() && m * n * k >= NARROW_THREADS_MIN_MACS) threads = omp_get_max_threads();
 #endif
+  if (!trans_a && !trans_b && k >= NARROW_VECS * VEC && threads > 1 && m * n * threads <= NARROW_SPLIT_SUM_FLOATS) {
+    /* A small output (logits): the threads split the sum, not the rows, each
+     * reading its own rows of B (the weights), the same ones that the weight
+     * gradient (x^T dy, split below by rows of the output) updates on that
+     * thread. Rows of B read or written on the other core cost a transfer
+     * between the cores each step, more than this GEMM's arithmetic where
+     * the cores are far apart. The partial sums then meet on the stack. */
+    float partial[NARROW_SPLIT_SUM_FLOATS];
+    FLRT_OMP(omp parallel num_threads(threads))
+    {
+      int t = 0, used = 1;
+#ifdef _OPENMP
+      t = omp_get_thread_num(), used = omp_get_num_threads();
+#endif
+      const int64_t step = NARROW_VECS * VEC, p0 = k * t / used / step * step,
+                    p1 = t + 1 == used ? k : k * (t + 1) / used / step * step;
+      if (n <= VEC) narrow_rows(1, 0, m, n, p1 - p0, a + p0, lda, b + p0 * ldb, ldb, 1.0f, partial + t * m * n, n, false);
+      else narrow_rows(2, 0, m, n, p1 - p0, a + p0, lda, b + p0 * ldb, ldb, 1.0f, partial + t * m * n, n, false);
+      FLRT_OMP(omp barrier)
+      for (int64_t i = m * t / used; i < m * (t + 1) / used; i++)
+        for (int64_t j = 0; j < n; j++) {
+          float sum = 0.0f;
+          for (int u = 0; u < used; u++) sum += partial[(u * m + i) * n + j];
+          store_or_add(c + i * ldc + j, alpha, sum, accumulate);
+        }
+    }
+    return true;
+  }
   if (!trans_a && !trans_b && k >= NARROW_VECS * VEC) {
     FLRT_PARALLEL_LOOP_FROM(2, threads, for (int t = 0; t < threads; t++) {
       const int64_t i0 = m * t / threads, i1 = m * (t + 1) / threads;
@@ -1180,6 +1210,11 @@ static void softmax_xent_row(int64_t r, int64_t classes, const float *labels, co
   for (int64_t c = 0; c < classes; c++) grad[r * classes + c] = grad[r * classes + c] * factor - y[c] * dy[r];
 }
 
+/* Threads pay from this many logits on: a row of 10 takes some 15 ns, and
+ * waking the other thread 0.5 to 1 us, plus the gradient's cache lines
+ * coming back from the core that read them in the weight gradient. */
+#define XENT_THREADS_MIN 4096
+
 /* Rows [first, end). */
 static void softmax_xent_part(int64_t first, int64_t end, int64_t classes, const float *labels, const float *logits,
                               const float *dy, float *loss, float *grad) {
@@ -1196,7 +1231,7 @@ static void softmax_xent_part(int64_t first, int64_t end, int64_t classes, const
 void flrt_softmax_xent(int64_t rows, int64_t classes, const float *labels, const float *logits, const float *dy,
                        float *loss, float *grad) {
   if (rows <= 0 || classes <= 0) return;
-  int64_t threads = rows * classes >= FLRT_PARALLEL_EXP_MIN ? max_threads() : 1;
+  int64_t threads = rows * classes >= XENT_THREADS_MIN ? max_threads() : 1;
   if (threads > rows) threads = rows;
   if (threads <= 1) { /* no one-thread team (0.3 us) */
     softmax_xent_part(0, rows, classes, labels, logits, dy, loss, grad);

@@ -173,6 +173,38 @@ Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
     }
 }
 
+/* Narrow products with a small output split their sum between the threads
+ * (each thread's share of k a multiple of 64, so a thread may get none) and
+ * add the partial sums: any thread count gives the naive result. */
+Test(gemm, split_sum_matches_naive_for_any_thread_count, .timeout = 60) {
+  lcg_state = 17;
+  const int64_t shapes[][3] = {{100, 10, 784}, {256, 16, 64}, {70, 13, 200}, {300, 10, 100}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int threads = 1; threads <= 4; threads++)
+      for (int update = 0; update < 2; update++) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+        float *a = random_floats((size_t)(m * k)), *b = random_floats((size_t)(k * n));
+        float *c = random_floats((size_t)(m * n));
+        double *want = malloc((size_t)(m * n) * sizeof *want);
+        for (int64_t i = 0; i < m; i++)
+          for (int64_t j = 0; j < n; j++) {
+            double sum = 0.0;
+            for (int64_t p = 0; p < k; p++) sum += (double)a[i * k + p] * b[p * n + j];
+            want[i * n + j] = update ? c[i * n + j] - 0.25 * sum : sum;
+          }
+        if (update) flrt_gemm_update(false, false, m, n, k, a, k, b, n, -0.25f, c, n);
+        else flrt_gemm(false, false, m, n, k, a, k, b, n, c, n, false);
+        cr_log_info("m %lld n %lld k %lld, %d threads, update %d", (long long)m, (long long)n, (long long)k, threads,
+                    update);
+        /* k terms of size at most 1 */
+        assert_close(c, want, (size_t)(m * n), 1e-6 * (double)k, "split gemm");
+        free(a), free(b), free(c), free(want);
+      }
+}
+
 /* ---- flrt_window_init ---------------------------------------------------- */
 
 Test(window, deep_mnist_layers) {
