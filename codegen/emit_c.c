@@ -1098,6 +1098,9 @@ int emit_model_init(emit_model *em, const fl_graph *g, const fl_codegen_options 
 
 void emit_model_free(emit_model *em) { free_entries(em); }
 void emit_entry_params(const emit_model *em, const emit_entry *e, strbuf *sb) { entry_params(em, e, sb); }
+bool emit_assign_needs_snapshot(const fl_graph *g, const emit_entry *e, int assign) {
+  return assign_needs_snapshot(g, e, assign);
+}
 void emit_entry_doc(const emit_model *em, const emit_entry *e, strbuf *sb) { entry_doc(em, e, sb); }
 void emit_const_array(const fl_graph *g, int id, strbuf *sb) { emit_const_data(g, id, sb); }
 int emit_init_function(const emit_model *em, strbuf *sb) { return emit_init(em, sb); }

@@ -472,9 +472,12 @@ typedef struct {
   int *first, *last;
 } buffer_list;
 
-static buffer_list list_buffers(const fl_graph *g, const fl_schedule *s) {
+/* Snapshots of assignments' sources are numbered after every group's
+ * scratch: -(ngroups + 1 + node). */
+static buffer_list list_buffers(const fl_graph *g, const emit_entry *e) {
+  const fl_schedule *s = e->sched;
   buffer_list b = {0};
-  int cap = g->nnodes + s->ngroups + 1;
+  int cap = 2 * g->nnodes + s->ngroups + 1;
   b.node = xcalloc((size_t)cap, sizeof(int));
   b.first = xcalloc((size_t)cap, sizeof(int));
   b.last = xcalloc((size_t)cap, sizeof(int));
@@ -492,7 +495,41 @@ static buffer_list list_buffers(const fl_graph *g, const fl_schedule *s) {
     b.first[b.count] = b.last[b.count] = gi;
     b.count++;
   }
+  /* alive from the end of the pure groups to the end of the run */
+  for (int i = 0; i < g->nnodes; i++)
+    if (e->needed[i] && !e->fed[i] && g->nodes[i].op == FL_OP_ASSIGN && emit_assign_needs_snapshot(g, e, i)) {
+      b.node[b.count] = -(s->ngroups + 1 + i);
+      b.first[b.count] = s->npure;
+      b.last[b.count++] = s->ngroups;
+    }
   return b;
+}
+
+/* The assignment whose snapshot buffer entry i is, or -1. */
+static int snapshot_of(const buffer_list *b, const fl_schedule *s, int i) {
+  return b->node[i] <= -(s->ngroups + 1) ? -b->node[i] - 1 - s->ngroups : -1;
+}
+
+/* Bytes of a variable (what an assignment copies). */
+static long long variable_bytes(const fl_graph *g, int var) {
+  return (long long)(fl_shape_const_size(&g->nodes[var].shape) * (int64_t)fl_dtype_size(g->nodes[var].dtype));
+}
+
+/* The assignments before node `before` (all that are left for -1), in node
+ * order, from `*next` on: side effects run in node order, as on the CPU. */
+static void emit_assigns(const fl_graph *g, const emit_entry *e, const buffer_list *b, int before, int *next,
+                         strbuf *sb) {
+  for (; *next < g->nnodes && (before < 0 || *next < before); (*next)++) {
+    const int i = *next;
+    const fl_node *nd = &g->nodes[i];
+    if (!e->needed[i] || e->fed[i] || nd->op != FL_OP_ASSIGN) continue;
+    char source[64];
+    snprintf(source, sizeof source, "t%d", i);
+    for (int k = 0; k < b->count; k++)
+      if (snapshot_of(b, e->sched, k) == i) snprintf(source, sizeof source, "arena + p->offsets[%d]", k);
+    sb_printf(sb, "  flcu_copy(d, t%d, %s, %lld); /* %%%d assign */\n", nd->inputs[0], source,
+              variable_bytes(g, nd->inputs[0]), i);
+  }
 }
 
 static void free_buffers(buffer_list *b) {
@@ -525,7 +562,7 @@ static void emit_cuda_entry(cuda_model *cm, int index, strbuf *sb) {
   const char *p = em->prefix, *name = e->name;
   const bool data = entry_has_data(cm, e);
   char size[256], label[96];
-  buffer_list b = list_buffers(g, s);
+  buffer_list b = list_buffers(g, e);
   int *slot = xcalloc((size_t)g->nnodes, sizeof(int));
   for (int i = 0; i < b.count; i++)
     if (b.node[i] >= 0) slot[b.node[i]] = i;
@@ -613,6 +650,10 @@ static void emit_cuda_entry(cuda_model *cm, int index, strbuf *sb) {
       emit_node_label(g, b.node[i], label, sizeof label);
       sb_printf(sb, "  sizes[%d] = (size_t)%s * sizeof(%s); /* %%%d %s */\n  if (%s > largest) largest = %s;\n", i,
                 size, emit_ctype(nd->dtype), b.node[i], label, size, size);
+    } else if (snapshot_of(&b, s, i) >= 0) {
+      const int assign = snapshot_of(&b, s, i);
+      sb_printf(sb, "  sizes[%d] = %lld; /* snapshot for %%%d assign */\n", i,
+                variable_bytes(g, g->nodes[assign].inputs[0]), assign);
     } else {
       char scratch[512];
       cuda_group_scratch_bytes(g, &s->groups[-b.node[i] - 1], scratch, sizeof scratch);
@@ -692,29 +733,35 @@ static void emit_cuda_entry(cuda_model *cm, int index, strbuf *sb) {
     }
     sb_printf(sb, "  }\n");
   }
-  /* the kernels, in schedule order; fetches are downloaded after the pure ones */
+  /* the kernels, in schedule order; fetches are downloaded after the pure
+   * ones, snapshots taken, and the side effects (updates and assignments)
+   * run in node order */
+  int next_assign = 0;
   for (int gi = 0; gi <= s->ngroups; gi++) {
-    if (gi == s->npure)
+    if (gi == s->npure) {
       for (int i = 0; i < e->nfetches; i++) {
         const fl_node *n = &g->nodes[e->fetches[i]];
         size_expr(g, &n->shape, size, sizeof size);
         sb_printf(sb, "  flcu_download(d, down + p->down%d, t%d, (size_t)%s * sizeof(%s));\n", i, e->fetches[i], size,
                   emit_ctype(n->dtype));
       }
+      for (int i = 0; i < b.count; i++) {
+        const int assign = snapshot_of(&b, s, i);
+        if (assign >= 0)
+          sb_printf(sb, "  flcu_copy(d, arena + p->offsets[%d], t%d, %lld); /* snapshot for %%%d assign */\n", i,
+                    g->nodes[assign].inputs[1], variable_bytes(g, g->nodes[assign].inputs[0]), assign);
+      }
+    }
     if (gi == s->ngroups) break;
     const fl_group *grp = &s->groups[gi];
+    const int side_effect = fl_group_side_effect_node(g, grp);
+    if (side_effect >= 0) emit_assigns(g, e, &b, side_effect, &next_assign, sb);
     char scratch[64] = "0";
     for (int i = 0; i < b.count; i++)
       if (b.node[i] == -(gi + 1)) snprintf(scratch, sizeof scratch, "arena + p->offsets[%d]", i);
     cuda_emit_group_launch(g, grp, group_name(cm, index, gi), (const char *const *)buffers, scratch, sb);
   }
-  for (int i = 0; i < g->nnodes; i++) {
-    const fl_node *nd = &g->nodes[i];
-    if (!e->needed[i] || e->fed[i] || nd->op != FL_OP_ASSIGN) continue;
-    int var = nd->inputs[0];
-    sb_printf(sb, "  flcu_copy(d, t%d, t%d, %lld); /* %%%d assign */\n", var, i,
-              (long long)(fl_shape_const_size(&g->nodes[var].shape) * (int64_t)fl_dtype_size(g->nodes[var].dtype)), i);
-  }
+  emit_assigns(g, e, &b, -1, &next_assign, sb);
   sb_printf(sb, "}\n\n");
 
   /* the entry point */

@@ -64,6 +64,10 @@ typedef struct {
 int emit_model_init(emit_model *em, const fl_graph *g, const fl_codegen_options *opt);
 void emit_model_free(emit_model *em);
 void emit_entry_params(const emit_model *em, const emit_entry *e, strbuf *sb);
+/* Whether assignment node `assign` copies a variable that a side effect of
+ * the run writes: it then copies a snapshot taken before the side effects
+ * (a run reads the values from before its own side effects). */
+bool emit_assign_needs_snapshot(const fl_graph *g, const emit_entry *e, int assign);
 void emit_entry_doc(const emit_model *em, const emit_entry *e, strbuf *sb);
 void emit_const_array(const fl_graph *g, int id, strbuf *sb);
 int emit_init_function(const emit_model *em, strbuf *sb);

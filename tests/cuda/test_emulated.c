@@ -106,6 +106,27 @@ Test(emulated, other_ops_match_the_cpu_build, .timeout = 240) {
   free(gpu);
 }
 
+/* tests/cuda/assign_order.flow: side effects take effect in node order and
+ * read the values from before the run, as on the CPU: each step sets W to
+ * [5 5] and then moves it by the gradient at the W from before the step, so
+ * W ends at [5 5] - 0.1 * 2 * [4.8 4.6], not at [5 5]; b gets a from before
+ * s1 added 10 to it. */
+Test(emulated, side_effects_run_in_node_order, .timeout = 240) {
+  char flow[4200];
+  snprintf(flow, sizeof flow, "%s/tests/cuda/assign_order.flow", e2e_source_root());
+  pair p;
+  make_pair(&p, "cuda_emu_assign_order", flow);
+  char *cpu = NULL, *gpu = NULL;
+  cr_assert_eq(e2e_run(&cpu, "'%s'", p.cpu), 0, "%s", cpu);
+  cr_assert(strstr(cpu, "[4.04 4.08] [21 22 23 24] [[11 12] [13 14]]") != NULL,
+            "the CPU build should end with W = [4.04 4.08], a = [21 22 23 24], b = [[11 12] [13 14]]:\n%s", cpu);
+  int rc = cu_run_emulated(&p.emu, "FLOWC_CUDA_QUIET=1", &gpu, "'%s' 2>/dev/null", p.gpu);
+  cr_assert_eq(rc, 0, "%s", gpu);
+  same_numbers(cpu, gpu, 1e-6);
+  free(cpu);
+  free(gpu);
+}
+
 Test(emulated, mnist_softmax_matches_the_cpu_build, .timeout = 240) {
   pair p;
   make_pair(&p, "cuda_emu_softmax", "mnist_softmax");
