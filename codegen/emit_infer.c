@@ -131,6 +131,7 @@ static bool infer_op_supported(fl_op op) {
   case FL_OP_CONV2D_GRAD_INPUT: case FL_OP_CONV2D_GRAD_FILTER: case FL_OP_MAX_POOL_GRAD:
   case FL_OP_DROPOUT_MASK:
   case FL_OP_SUM_TO: /* made only by differentiation; its kernel calls the training runtime */
+  case FL_OP_SOFTMAX_XENT: case FL_OP_SOFTMAX_XENT_GRAD: /* losses: their kernel calls it too */
     return false;
   default:
     return kernel_exists(op) && !fl_op_has_side_effect(op);

@@ -256,44 +256,35 @@ size_t kernel_scratch_bytes(const fl_graph *g, const fl_node *n, int64_t batch) 
   return flrt_conv2d_scratch(&win, w->dims[3].coef) * sizeof(float);
 }
 
+/* softmax in generated loops (double sums); the cross-entropy and its
+ * gradient, when they are not fused, through the fused kernel's runtime
+ * function with one output, so that -O0 computes the same bits. */
 static void emit_softmax_family(const fl_graph *g, const fl_node *n, strbuf *sb) {
   const fl_shape *logits = &g->nodes[n->inputs[n->op == FL_OP_SOFTMAX ? 0 : 1]].shape;
   char rows[128], classes[96];
   emit_dims_product(g, logits, 0, logits->rank - 1, rows, sizeof rows);
   emit_dim(g, logits->dims[logits->rank - 1], classes, sizeof classes);
-  const char *z = n->op == FL_OP_SOFTMAX ? "in0" : "in1";
+  if (n->op == FL_OP_SOFTMAX_XENT) {
+    sb_printf(sb, "  flrt_softmax_xent(%s, %s, in0, in1, NULL, out, NULL);\n", rows, classes);
+    return;
+  }
+  if (n->op == FL_OP_SOFTMAX_XENT_GRAD) {
+    sb_printf(sb, "  flrt_softmax_xent(%s, %s, in0, in1, in2, NULL, out);\n", rows, classes);
+    return;
+  }
   sb_printf(sb, "  const int64_t classes = %s;\n", classes);
   sb_printf(sb, "  FLRT_PARALLEL_LOOP_EXP((%s) * classes,\n", rows);
   sb_printf(sb, "  for (int64_t r = 0; r < %s; r++) {\n", rows);
-  sb_printf(sb, "    const float *z = %s + r * classes;\n", z);
+  sb_printf(sb, "    const float *z = in0 + r * classes;\n");
   sb_printf(sb, "    float max = z[0];\n    for (int64_t c = 1; c < classes; c++)\n"
                 "      if (z[c] > max) max = z[c];\n");
-  /* The exponentials are computed once: they wait in out (where there is a
-   * row of classes) to be divided by their sum. */
-  if (n->op == FL_OP_SOFTMAX_XENT)
-    sb_printf(sb, "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++)\n"
-                  "      sum += exp((double)z[c] - max);\n");
-  else
-    sb_printf(sb, "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++) {\n"
-                  "      const double e = exp((double)z[c] - max);\n"
-                  "      out[r * classes + c] = (float)e;\n      sum += e;\n    }\n");
-  switch (n->op) {
-  case FL_OP_SOFTMAX:
-    sb_printf(sb, "    for (int64_t c = 0; c < classes; c++)\n"
-                  "      out[r * classes + c] = (float)(out[r * classes + c] / sum);\n");
-    break;
-  case FL_OP_SOFTMAX_XENT:
-    /* -sum(labels * log_softmax(z)), log_softmax = z - max - log(sum) */
-    sb_printf(sb, "    const double log_sum = log(sum);\n    double loss = 0.0;\n"
-                  "    for (int64_t c = 0; c < classes; c++)\n"
-                  "      loss -= in0[r * classes + c] * ((double)z[c] - max - log_sum);\n"
-                  "    out[r] = (float)loss;\n");
-    break;
-  default: /* SOFTMAX_XENT_GRAD: (softmax(z) - labels) * dy */
-    sb_printf(sb, "    for (int64_t c = 0; c < classes; c++)\n"
-                  "      out[r * classes + c] = (float)((out[r * classes + c] / sum - in0[r * classes + c]) * in2[r]);\n");
-    break;
-  }
+  /* The exponentials are computed once: they wait in out to be divided by
+   * their sum. */
+  sb_printf(sb, "    double sum = 0.0;\n    for (int64_t c = 0; c < classes; c++) {\n"
+                "      const double e = exp((double)z[c] - max);\n"
+                "      out[r * classes + c] = (float)e;\n      sum += e;\n    }\n");
+  sb_printf(sb, "    for (int64_t c = 0; c < classes; c++)\n"
+                "      out[r * classes + c] = (float)(out[r * classes + c] / sum);\n");
   sb_printf(sb, "  });\n");
 }
 

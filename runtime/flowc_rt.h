@@ -297,8 +297,10 @@ void flrt_sum_rows(const float *in, int64_t rows, int64_t cols, float *out);
 /* Softmax cross-entropy of each row of logits against its labels (rows x
  * classes, rows laid end to end), and its gradient in one pass over one
  * softmax: loss[r] = -sum_c labels * log softmax(z), grad[r][c] =
- * (softmax(z)[c] - labels[r][c]) * dy[r]. In float, exp and log as
- * polynomials on vectors where GCC and Clang build it. */
+ * (softmax(z)[c] - labels[r][c]) * dy[r]. Either output may be NULL (the
+ * unfused kernels, which then compute the same bits as the fused one; dy
+ * may be NULL with grad). In float, exp and log as polynomials on vectors
+ * where GCC and Clang build it. */
 void flrt_softmax_xent(int64_t rows, int64_t classes, const float *labels, const float *logits, const float *dy,
                        float *loss, float *grad);
 

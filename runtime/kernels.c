@@ -1181,10 +1181,11 @@ static void softmax_xent_rows(int64_t r0, int64_t end, int64_t classes, const fl
     STORE_VEC(factors[b], 1.0f / sum);
   }
   for (int64_t i = 0; i < count; i++) {
+    if (loss) loss[r0 + i] = losses[i / VEC][i % VEC];
+    if (!grad) continue;
     const float *yr = labels + (r0 + i) * classes;
     float *gr = grad + (r0 + i) * classes;
     const float scale = dy[r0 + i], factor = factors[i / VEC][i % VEC] * scale;
-    loss[r0 + i] = losses[i / VEC][i % VEC];
     for (int64_t c = 0; c < classes; c++) gr[c] = shifted[i / VEC][c][i % VEC] * factor - yr[c] * scale;
   }
 }
@@ -1199,15 +1200,15 @@ static void softmax_xent_row(int64_t r, int64_t classes, const float *labels, co
     if (z[c] > max) max = z[c];
   float sum = 0.0f, label_sum = 0.0f, label_dot = 0.0f;
   for (int64_t c = 0; c < classes; c++) {
-    const float shifted = z[c] - max, e = expf(shifted);
-    grad[r * classes + c] = e; /* divided by the sum below */
-    sum += e;
+    const float shifted = z[c] - max;
+    sum += expf(shifted);
     label_sum += y[c];
     label_dot += y[c] * shifted;
   }
-  loss[r] = label_sum * logf(sum) - label_dot;
+  if (loss) loss[r] = label_sum * logf(sum) - label_dot;
+  if (!grad) return;
   const float factor = dy[r] / sum;
-  for (int64_t c = 0; c < classes; c++) grad[r * classes + c] = grad[r * classes + c] * factor - y[c] * dy[r];
+  for (int64_t c = 0; c < classes; c++) grad[r * classes + c] = expf(z[c] - max) * factor - y[c] * dy[r];
 }
 
 /* Threads pay from this many logits on: a row of 10 takes some 15 ns, and

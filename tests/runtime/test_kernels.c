@@ -763,6 +763,7 @@ Test(softmax_xent, matches_double_reference) {
       const size_t n = (size_t)(rows * classes);
       float *z = random_floats(n), *labels = calloc(n, sizeof *labels), *dy = random_floats((size_t)rows);
       float *loss = random_floats((size_t)rows), *grad = random_floats(n);
+      float *alone_loss = random_floats((size_t)rows), *alone_grad = random_floats(n);
       double *want_loss = malloc((size_t)rows * sizeof *want_loss), *want_grad = malloc(n * sizeof *want_grad);
       cr_assert(labels && want_loss && want_grad);
       for (int64_t r = 0; r < rows; r++) {
@@ -789,7 +790,13 @@ Test(softmax_xent, matches_double_reference) {
         for (size_t i = 0; i < n; i++)
           cr_assert(fabs(grad[i] - want_grad[i]) <= 1e-6, "grad[%zu]: got %.8g, want %.8g", i, (double)grad[i],
                     want_grad[i]);
+        /* the unfused kernels ask for one output each: the same bits */
+        flrt_softmax_xent(rows, classes, labels, z, NULL, alone_loss, NULL);
+        flrt_softmax_xent(rows, classes, labels, z, dy, NULL, alone_grad);
+        cr_assert(memcmp(alone_loss, loss, (size_t)rows * sizeof *loss) == 0, "the loss alone differs");
+        cr_assert(memcmp(alone_grad, grad, n * sizeof *grad) == 0, "the gradient alone differs");
       }
       free(z), free(labels), free(dy), free(loss), free(grad), free(want_loss), free(want_grad);
+      free(alone_loss), free(alone_grad);
     }
 }
