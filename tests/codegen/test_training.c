@@ -275,8 +275,12 @@ static double checkpoint_max_difference(const char *python, const char *a, const
 /* Fusion, simplification and memory planning must not change what a program
  * computes: each example trains a few steps fused (default) and unfused (-O0)
  * from the same seed, and the weights agree. Tolerance: 1e-4 absolute on
- * weights of order 0.1-1 after 20 steps: the fused kernels sum in a
- * different order, so float rounding differs, but nothing more. */
+ * weights of order 0.1-1 after 20 steps: a fused kernel may sum in a
+ * different order, so float rounding may differ, but nothing more. Measured
+ * (2026-12-03, digits and Fashion-MNIST alike): line_fit 1.5e-8, basic_usage,
+ * mnist_softmax and mnist_deep 0 (the unfused cross-entropy kernels run the
+ * fused one's code; mnist_softmax's SGD 0.5 on Fashion-MNIST turns any
+ * rounding difference into 0.07 within 100 steps). */
 Test(fusion, fused_and_unfused_programs_agree, .timeout = 600) {
   const char *python = numpy_python();
   if (!python) cr_skip_test("python3 with numpy is not installed");
