@@ -121,8 +121,10 @@ static void init_case(flrt_window *w, const conv_case *k) {
 
 /* ---- flrt_gemm ------------------------------------------------------------ */
 
-/* Every transpose and shape class: a single row and a single column go to
- * sgemv, few rows and many columns to one GEMM per thread on its columns
+/* Every transpose and shape class: a single row of at most 16 columns
+ * (1 x 10 x 1024, 1 x 16 x 301, 1 x 13 x 70, and 1 x 3 x 2 whose rows all go
+ * through the padded copy) to flowc's own loop unless B is transposed, other
+ * single rows and single columns to sgemv, few rows and many columns to one GEMM per thread on its columns
  * (8 x 300 x 1800, blocks not a multiple of 16 wide), many rows and a short
  * sum to one GEMM per thread on its rows (600 x 100 x 70), at most 16
  * columns (a classifier's) to flowc's own loops: rows of B as vectors for
@@ -136,7 +138,7 @@ Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
   lcg_state = 11;
   const int64_t shapes[][3] = {{1, 7, 5},     {6, 1, 5},     {1, 1, 4},   {4, 3, 6},      {1, 9, 1},
                                {5, 2, 1},     {8, 300, 1800}, {600, 100, 70}, {100, 10, 784}, {70, 13, 200},
-                               {150, 7, 33}, {784, 10, 100}};
+                               {150, 7, 33}, {784, 10, 100}, {1, 10, 1024}, {1, 16, 301}, {1, 13, 70}, {1, 3, 2}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int t = 0; t < 12; t++) {
       const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
