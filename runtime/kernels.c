@@ -164,10 +164,26 @@ static void narrow_dots(int64_t i0, int64_t i1, int64_t n, int64_t k, const floa
 #else
 #define NARROW_ROW_BLOCK 6 /* 12 accumulators for 16 columns, of 16 registers */
 #endif
+
+/* The first rows of B (k rows ldb apart, n used) whose vecs vectors end
+ * inside B; the rows from there on are read through padded_row. */
+static int64_t whole_vector_rows(int vecs, int64_t n, int64_t k, int64_t ldb) {
+  if ((k - 1) * ldb + n < vecs * VEC) return 0;
+  const int64_t last_safe = ((k - 1) * ldb + n - vecs * VEC) / ldb;
+  return last_safe + 1 < k ? last_safe + 1 : k;
+}
+
+/* Row p of B, or its n values copied into padded (2 * VEC floats, zero past
+ * n) when its vectors would reach past B's end. */
+static const float *padded_row(const float *b, int64_t ldb, int64_t p, int64_t n, int64_t safe_rows, float *padded) {
+  if (p < safe_rows) return b + p * ldb;
+  memcpy(padded, b + p * ldb, (size_t)n * sizeof *padded);
+  return padded;
+}
+
 static inline void narrow_rows(int vecs, int64_t i0, int64_t i1, int64_t n, int64_t k, const float *a, int64_t lda,
                                const float *b, int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
-  const int64_t last_safe = ((k - 1) * ldb + n - vecs * VEC) / ldb; /* reads end inside B up to here */
-  const int64_t safe_rows = (k - 1) * ldb + n >= vecs * VEC ? (last_safe + 1 < k ? last_safe + 1 : k) : 0;
+  const int64_t safe_rows = whole_vector_rows(vecs, n, k, ldb);
   for (int64_t i = i0; i < i1; i += NARROW_ROW_BLOCK) {
     const float *arow[NARROW_ROW_BLOCK];
     for (int r = 0; r < NARROW_ROW_BLOCK; r++) arow[r] = a + (i + r < i1 ? i + r : i1 - 1) * lda;
@@ -176,11 +192,7 @@ static inline void narrow_rows(int vecs, int64_t i0, int64_t i1, int64_t n, int6
       for (int v = 0; v < vecs; v++) acc[r][v] = (vec){0};
     float padded[2 * VEC] = {0};
     for (int64_t p = 0; p < k; p++) {
-      const float *brow = b + p * ldb;
-      if (p >= safe_rows) {
-        memcpy(padded, brow, (size_t)n * sizeof *padded);
-        brow = padded;
-      }
+      const float *brow = padded_row(b, ldb, p, n, safe_rows, padded);
       vec bv[2];
       for (int v = 0; v < vecs; v++) bv[v] = LOAD_VEC(brow + v * VEC);
       for (int r = 0; r < NARROW_ROW_BLOCK; r++) {
@@ -193,14 +205,20 @@ static inline void narrow_rows(int vecs, int64_t i0, int64_t i1, int64_t n, int6
   }
 }
 
+/* narrow_rows with the vectors n needs, each count compiled on its own. */
+static void narrow_rows_of(int64_t i0, int64_t i1, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                           int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
+  if (n <= VEC) narrow_rows(1, i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
+  else narrow_rows(2, i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
+}
+
 /* c[0..n) (+)= alpha * sum_p a[p * a_step] b[p][0..n): one row (batch-1
  * logits), where OpenBLAS's sgemv took 3 to 5 us for 1 x 1024 x 10, most of
  * it waking its threads. Four sums run interleaved so that each multiply-add
  * need not wait for the one before; B's rows are read as in narrow_rows. */
 static void narrow_one_row(int vecs, int64_t n, int64_t k, const float *a, int64_t a_step, const float *b,
                            int64_t ldb, float alpha, float *c, bool accumulate) {
-  const int64_t last_safe = ((k - 1) * ldb + n - vecs * VEC) / ldb;
-  const int64_t safe_rows = (k - 1) * ldb + n >= vecs * VEC ? (last_safe + 1 < k ? last_safe + 1 : k) : 0;
+  const int64_t safe_rows = whole_vector_rows(vecs, n, k, ldb);
   vec acc[4][2] = {{{0}}};
   int64_t p = 0;
   for (; p + 4 <= safe_rows; p += 4)
@@ -208,11 +226,7 @@ static void narrow_one_row(int vecs, int64_t n, int64_t k, const float *a, int64
       for (int v = 0; v < vecs; v++) acc[u][v] += a[(p + u) * a_step] * LOAD_VEC(b + (p + u) * ldb + v * VEC);
   float padded[2 * VEC] = {0};
   for (; p < k; p++) {
-    const float *brow = b + p * ldb;
-    if (p >= safe_rows) {
-      memcpy(padded, brow, (size_t)n * sizeof *padded);
-      brow = padded;
-    }
+    const float *brow = padded_row(b, ldb, p, n, safe_rows, padded);
     for (int v = 0; v < vecs; v++) acc[0][v] += a[p * a_step] * LOAD_VEC(brow + v * VEC);
   }
   for (int v = 0; v < vecs; v++) acc[0][v] = (acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v]);
@@ -284,8 +298,7 @@ static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
 #endif
       const int64_t step = NARROW_VECS * VEC, p0 = k * t / used / step * step,
                     p1 = t + 1 == used ? k : k * (t + 1) / used / step * step;
-      if (n <= VEC) narrow_rows(1, 0, m, n, p1 - p0, a + p0, lda, b + p0 * ldb, ldb, 1.0f, partial + t * m * n, n, false);
-      else narrow_rows(2, 0, m, n, p1 - p0, a + p0, lda, b + p0 * ldb, ldb, 1.0f, partial + t * m * n, n, false);
+      narrow_rows_of(0, m, n, p1 - p0, a + p0, lda, b + p0 * ldb, ldb, 1.0f, partial + t * m * n, n, false);
       FLRT_OMP(omp barrier)
       for (int64_t i = m * t / used; i < m * (t + 1) / used; i++)
         for (int64_t j = 0; j < n; j++) {
@@ -299,8 +312,7 @@ static bool narrow_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_
   if (!trans_a && !trans_b && k >= NARROW_VECS * VEC) {
     FLRT_PARALLEL_LOOP_FROM(2, threads, for (int t = 0; t < threads; t++) {
       const int64_t i0 = m * t / threads, i1 = m * (t + 1) / threads;
-      if (n <= VEC) narrow_rows(1, i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
-      else narrow_rows(2, i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
+      narrow_rows_of(i0, i1, n, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
     });
     return true;
   }
