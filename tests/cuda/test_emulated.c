@@ -92,15 +92,21 @@ Test(emulated, line_fit_matches_the_cpu_build, .timeout = 240) {
 /* tests/cuda/ops.flow: strided VALID convolution and its gradients, pooling
  * with overlapping windows, softmax, reductions over non-adjacent axes and
  * with keepdims, argmax over a middle axis, integer arithmetic, momentum. */
-Test(emulated, other_ops_match_the_cpu_build, .timeout = 240) {
+/* Runs a description of tests/cuda (its train block prints its results) as
+ * the CPU build and the emulated GPU build: both outputs, to be freed. */
+static void run_both(const char *name, const char *file, char **cpu, char **gpu) {
   char flow[4200];
-  snprintf(flow, sizeof flow, "%s/tests/cuda/ops.flow", e2e_source_root());
+  snprintf(flow, sizeof flow, "%s/tests/cuda/%s", e2e_source_root(), file);
   pair p;
-  make_pair(&p, "cuda_emu_ops", flow);
+  make_pair(&p, name, flow);
+  cr_assert_eq(e2e_run(cpu, "'%s'", p.cpu), 0, "%s", *cpu);
+  int rc = cu_run_emulated(&p.emu, "FLOWC_CUDA_QUIET=1", gpu, "'%s' 2>/dev/null", p.gpu);
+  cr_assert_eq(rc, 0, "%s", *gpu);
+}
+
+Test(emulated, other_ops_match_the_cpu_build, .timeout = 240) {
   char *cpu = NULL, *gpu = NULL;
-  cr_assert_eq(e2e_run(&cpu, "'%s'", p.cpu), 0, "%s", cpu);
-  int rc = cu_run_emulated(&p.emu, "FLOWC_CUDA_QUIET=1", &gpu, "'%s' 2>/dev/null", p.gpu);
-  cr_assert_eq(rc, 0, "%s", gpu);
+  run_both("cuda_emu_ops", "ops.flow", &cpu, &gpu);
   same_numbers(cpu, gpu, 1e-5);
   free(cpu);
   free(gpu);
@@ -112,16 +118,10 @@ Test(emulated, other_ops_match_the_cpu_build, .timeout = 240) {
  * W ends at [5 5] - 0.1 * 2 * [4.8 4.6], not at [5 5]; b gets a from before
  * s1 added 10 to it. */
 Test(emulated, side_effects_run_in_node_order, .timeout = 240) {
-  char flow[4200];
-  snprintf(flow, sizeof flow, "%s/tests/cuda/assign_order.flow", e2e_source_root());
-  pair p;
-  make_pair(&p, "cuda_emu_assign_order", flow);
   char *cpu = NULL, *gpu = NULL;
-  cr_assert_eq(e2e_run(&cpu, "'%s'", p.cpu), 0, "%s", cpu);
+  run_both("cuda_emu_assign_order", "assign_order.flow", &cpu, &gpu);
   cr_assert(strstr(cpu, "[4.04 4.08] [21 22 23 24] [[11 12] [13 14]]") != NULL,
             "the CPU build should end with W = [4.04 4.08], a = [21 22 23 24], b = [[11 12] [13 14]]:\n%s", cpu);
-  int rc = cu_run_emulated(&p.emu, "FLOWC_CUDA_QUIET=1", &gpu, "'%s' 2>/dev/null", p.gpu);
-  cr_assert_eq(rc, 0, "%s", gpu);
   same_numbers(cpu, gpu, 1e-6);
   free(cpu);
   free(gpu);

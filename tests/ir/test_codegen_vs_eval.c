@@ -789,24 +789,28 @@ Test(codegen_vs_eval, scalar_product_training) {
              scalar_product_interpret);
 }
 
-/* A weight gradient that only gradient descent reads is computed into the
- * weight (a gemm_sgd group): x is a constant, so W's gradient, x^T (2 x W x),
- * is one GEMM that subtracts lr times itself from W; b's update stays in the
- * updates kernel. Two steps, so that the second reads the updated W. */
-static void weight_update_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
+/* Two training steps, the loss fetched by each: the second reads the
+ * weights the first updated. */
+static void two_steps_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
   int fetches[2] = {node(g, "loss"), node(g, "train")};
   eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss", NULL}, 2, l);
   eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss again", NULL}, 2, l);
 }
 
+/* A weight gradient that only gradient descent reads is computed into the
+ * weight (a gemm_sgd group): x is a constant, so W's gradient, x^T (2 x W x),
+ * is one GEMM that subtracts lr times itself from W; b's update stays in the
+ * updates kernel. */
+static const char weight_update_flow[] = "x = constant([[1.0, 2.0, 0.5], [3.0, -1.0, 2.0]])\n"
+                                         "W = variable(random_normal([3, 4]))\n"
+                                         "b = variable(random_normal([4]))\n"
+                                         "y = matmul(x, W) + b\n"
+                                         "loss = reduce_sum(y * y)\n"
+                                         "train = gradient_descent(0.01).minimize(loss)\n"
+                                         "train {\n  steps = 1\n  run train\n}\n";
+
 Test(codegen_vs_eval, weight_gradient_updates_in_place) {
-  fl_graph *g = compile_text("x = constant([[1.0, 2.0, 0.5], [3.0, -1.0, 2.0]])\n"
-                             "W = variable(random_normal([3, 4]))\n"
-                             "b = variable(random_normal([4]))\n"
-                             "y = matmul(x, W) + b\n"
-                             "loss = reduce_sum(y * y)\n"
-                             "train = gradient_descent(0.01).minimize(loss)\n"
-                             "train {\n  steps = 1\n  run loss, train\n}\n");
+  fl_graph *g = compile_text(weight_update_flow);
   bool needed[256] = {false};
   const int target = node(g, "train");
   cr_assert(g->nnodes <= 256);
@@ -817,27 +821,15 @@ Test(codegen_vs_eval, weight_gradient_updates_in_place) {
   cr_assert_eq(fused, 1, "W's gradient and update should make one gemm_sgd group");
   fl_schedule_free(s);
   fl_graph_free(g);
-  small_case("weight_update", "x = constant([[1.0, 2.0, 0.5], [3.0, -1.0, 2.0]])\n"
-             "W = variable(random_normal([3, 4]))\n"
-             "b = variable(random_normal([4]))\n"
-             "y = matmul(x, W) + b\n"
-             "loss = reduce_sum(y * y)\n"
-             "train = gradient_descent(0.01).minimize(loss)\n"
-             "train {\n  steps = 1\n  run loss, train\n}\n",
+  small_case("weight_update", weight_update_flow,
              "  float loss, again;\n  check(m, weight_update_train(m, &loss));\n"
              "  check(m, weight_update_train(m, &again));\n  put(&loss, sizeof loss);\n  put(&again, sizeof again);\n",
-             weight_update_interpret);
+             two_steps_interpret);
 }
 
 /* The gradient of U in matmul(U, V) reads V, and V's reads U: both GEMMs
  * read variables that the step updates, so neither may run as part of the
  * other's update (each must see the values from before the step). */
-static void factorization_interpret(const fl_graph *g, fl_eval *ev, layout *l) {
-  int fetches[2] = {node(g, "loss"), node(g, "train")};
-  eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss", NULL}, 2, l);
-  eval_run(ev, NULL, 0, fetches, (const char *const[]){"loss again", NULL}, 2, l);
-}
-
 Test(codegen_vs_eval, factorization_gradients_read_weights_before_updates) {
   small_case("factorization",
              "U = variable(random_normal([3, 2]))\n"
@@ -845,11 +837,11 @@ Test(codegen_vs_eval, factorization_gradients_read_weights_before_updates) {
              "p = matmul(U, V)\n"
              "loss = reduce_sum(p * p)\n"
              "train = gradient_descent(0.05).minimize(loss)\n"
-             "train {\n  steps = 1\n  run loss, train\n}\n",
+             "train {\n  steps = 1\n  run train\n}\n",
              "  float loss, again;\n  check(m, factorization_train(m, &loss));\n"
              "  check(m, factorization_train(m, &again));\n  put(&loss, sizeof loss);\n"
              "  put(&again, sizeof again);\n",
-             factorization_interpret);
+             two_steps_interpret);
 }
 
 /* Side effects run in node order (eval.c's phase 2): `reset` (written before
