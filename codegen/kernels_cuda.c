@@ -597,26 +597,26 @@ static void matmul_dims(const fl_graph *g, const fl_node *n, char *m, char *cols
   product(g, b, 1, 2, ldb, 128);
 }
 
-static void matmul_gemm(const fl_graph *g, const fl_node *n, const char *a, const char *b, const char *out,
-                        strbuf *host) {
+/* flcu_sgemm(d, ..., out, ldc), or with alpha given flcu_sgemm_update(d, ...,
+ * alpha, out, ldc), for matmul node n. */
+static void matmul_call(const fl_graph *g, const fl_node *n, const char *a, const char *b, const char *alpha,
+                        const char *out, strbuf *host) {
   char m[128], cols[128], k[128], lda[128], ldb[128];
   matmul_dims(g, n, m, cols, k, lda, ldb);
-  sb_printf(host, "  flcu_sgemm(d, %s, %s, (int64_t)%s, (int64_t)%s, (int64_t)%s, %s, (int64_t)%s, %s, (int64_t)%s, %s, "
+  sb_printf(host, "  %s(d, %s, %s, (int64_t)%s, (int64_t)%s, (int64_t)%s, %s, (int64_t)%s, %s, (int64_t)%s, %s%s%s, "
                   "(int64_t)%s);\n",
-            n->attr.transpose_a ? "true" : "false", n->attr.transpose_b ? "true" : "false", m, cols, k, a, lda, b, ldb,
+            alpha ? "flcu_sgemm_update" : "flcu_sgemm", n->attr.transpose_a ? "true" : "false",
+            n->attr.transpose_b ? "true" : "false", m, cols, k, a, lda, b, ldb, alpha ? alpha : "", alpha ? ", " : "",
             out, cols);
 }
+
 
 /* The weight gradient's GEMM subtracts lr times the product from the weight. */
 static void gemm_sgd_launch(const fl_graph *g, const fl_group *grp, const char *const *buffers, strbuf *host) {
   const fl_node *n = &g->nodes[grp->nodes[0]], *sgd = &g->nodes[grp->nodes[1]];
-  char m[128], cols[128], k[128], lda[128], ldb[128], alpha[48];
-  matmul_dims(g, n, m, cols, k, lda, ldb);
+  char alpha[48];
   emit_float(alpha, sizeof alpha, -sgd->attr.lr);
-  sb_printf(host, "  flcu_sgemm_update(d, %s, %s, (int64_t)%s, (int64_t)%s, (int64_t)%s, %s, (int64_t)%s, %s, "
-                  "(int64_t)%s, %s, %s, (int64_t)%s);\n",
-            n->attr.transpose_a ? "true" : "false", n->attr.transpose_b ? "true" : "false", m, cols, k,
-            buffers[n->inputs[0]], lda, buffers[n->inputs[1]], ldb, alpha, buffers[sgd->inputs[0]], cols);
+  matmul_call(g, n, buffers[n->inputs[0]], buffers[n->inputs[1]], alpha, buffers[sgd->inputs[0]], host);
 }
 
 /* Integer matmuls are rare and small: one thread per result. */
@@ -1012,7 +1012,7 @@ static void epilogue_launch(const fl_graph *g, const fl_group *grp, const char *
   const fl_node *gemm = &g->nodes[grp->nodes[0]], *add = &g->nodes[grp->nodes[1]];
   const int bias = add->inputs[0] == gemm->id ? add->inputs[1] : add->inputs[0];
   const char *out = buffers[grp->root];
-  if (gemm->op == FL_OP_MATMUL) matmul_gemm(g, gemm, buffers[gemm->inputs[0]], buffers[gemm->inputs[1]], out, host);
+  if (gemm->op == FL_OP_MATMUL) matmul_call(g, gemm, buffers[gemm->inputs[0]], buffers[gemm->inputs[1]], NULL, out, host);
   else conv_launch(g, grp, gemm, name, buffers, out, scratch, host);
   const char *args[2] = {out, buffers[bias]};
   char size[256], grid[320];
@@ -1180,7 +1180,7 @@ void cuda_emit_group_launch(const fl_graph *g, const fl_group *grp, const char *
     return;
   case FL_OP_MATMUL:
     if (n->dtype == FL_F32) {
-      matmul_gemm(g, n, buffers[n->inputs[0]], buffers[n->inputs[1]], buffers[n->id], host);
+      matmul_call(g, n, buffers[n->inputs[0]], buffers[n->inputs[1]], NULL, buffers[n->id], host);
       return;
     }
     break;
