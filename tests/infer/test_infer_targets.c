@@ -544,6 +544,30 @@ static const char dropout_flow[] =
     "train_step = gradient_descent(0.1).minimize(loss)\n"
     "train {\n  data = mnist(\"MNIST_data\")\n  run train_step with keep_prob = 0.5\n%s}\n";
 
+/* A loss is not an inference kernel (its kernel calls the training runtime):
+ * asking for one is an error at the loss's line, and the prediction beside
+ * it still builds. */
+Test(cli, a_loss_has_no_inference_kernel) {
+  const char *dir = e2e_scratch("infer_loss");
+  char flow[4200], weights[4200], text[2048], out_dir[4200];
+  snprintf(flow, sizeof flow, "%s/loss.flow", dir);
+  snprintf(weights, sizeof weights, "%s/w.safetensors", dir);
+  snprintf(out_dir, sizeof out_dir, "%s/out", dir);
+  const tensor_spec specs[] = {{"W", 2, {784, 10}}, {"b", 1, {10}}};
+  write_checkpoint(weights, specs, 2);
+  snprintf(text, sizeof text, dropout_flow, "");
+  write_text(flow, text);
+  char *out = NULL;
+  int rc = emit(flow, "loss", weights, out_dir, "--feed keep_prob=1.0", &out);
+  cr_assert_eq(rc, 1, "inference code for a loss was accepted:\n%s", out);
+  cr_assert(strstr(out, "loss.flow:7:20:") && strstr(out, "no kernel for softmax_cross_entropy_with_logits"),
+            "the message should name the op and its line:\n%s", out);
+  free(out);
+  rc = emit(flow, "y", weights, out_dir, "--feed keep_prob=1.0", &out);
+  cr_assert_eq(rc, 0, "%s", out);
+  free(out);
+}
+
 Test(cli, a_scalar_placeholder_is_fixed_by_the_test_action_or_feed) {
   const char *dir = e2e_scratch("infer_keep_prob");
   char flow[4200], weights[4200], text[2048], out_dir[4200];
