@@ -677,12 +677,313 @@ static int64_t row_bands(const flrt_window *w, int64_t out_c) {
   return threads < w->out_h ? threads : w->out_h;
 }
 
+/* ---- Winograd F(2x2, 5x5) ---------------------------------------------------
+ * A 5x5 window of stride 1 (Deep MNIST's conv2, and the input gradient of
+ * one, itself a 5x5 convolution) computes each 2x2 block of outputs from a
+ * 6x6 tile of its input by Winograd's minimal filtering (Lavin and Gray,
+ * "Fast Algorithms for Convolutional Neural Networks", 2016). Tile and
+ * filters are transformed (V = B^T d B, U = G g G^T), multiplied point by
+ * point and summed over the channels, which is one GEMM for each of the 36
+ * points (tiles x channels times channels x filters), and turned back
+ * (Y = A^T M A): 36 multiply-adds per channel and filter for 4 outputs
+ * where the direct loop does 100. The direct loop ran conv2 at 9/10 of the
+ * machine's sgemm rate, so only fewer multiplies could make it faster. The
+ * points are 0, 1, -1, 2, -2 and infinity, as in Lavin's F(4x4, 3x3); in
+ * float the outputs stay within a few 1e-6 of the sum's size (the direct
+ * loop's within 1e-6).
+ *
+ * Every (image, tile) pair is one row of the GEMMs, so a thread's share of
+ * a batch is a contiguous run of them, worked in blocks of at most
+ * WINO_BLOCK tiles whose V and M stay in L2 for all 36 points. */
+#define WINO_K 5     /* the window */
+#define WINO_OUT 2   /* outputs per tile side */
+#define WINO_TILE 6  /* WINO_OUT + WINO_K - 1 */
+#define WINO_POINTS (WINO_TILE * WINO_TILE)
+#define WINO_BLOCK PIXELS
+/* Fewer channels or filters leave the transforms' vectors mostly empty
+ * (conv1 reads 1 channel), and the direct loop does better. */
+#define WINO_MIN_CHANNELS 8
+
+static bool runs_winograd(const flrt_window *w, int64_t out_c) {
+  return DIRECT_BLOCKS && w->k_h == WINO_K && w->k_w == WINO_K && w->stride_h == 1 && w->stride_w == 1 &&
+         w->in_c >= WINO_MIN_CHANNELS && out_c >= WINO_MIN_CHANNELS && w->out_h > 0 && w->out_w > 0 &&
+         w->batch > 0;
+}
+
+/* The sizes of a Winograd convolution: channels padded to whole vectors
+ * (the transforms work on vectors of channels) and filters to whole blocks
+ * of FILTERS (the GEMM's), all in floats and multiples of 64 bytes. */
+typedef struct {
+  int64_t C, O, Cp, Op, tiles_h, tiles_w, tiles, threads;
+  int64_t filters_floats, gather_floats, v_floats, m_floats, thread_floats;
+} wino_plan;
+
+static int64_t round_up(int64_t n, int64_t to) { return (n + to - 1) / to * to; }
+
+static wino_plan plan_winograd(const flrt_window *w, int64_t out_c) {
+  wino_plan p = {.C = w->in_c, .O = out_c};
+  p.Cp = round_up(p.C, VEC);
+  p.Op = round_up(p.O, FILTERS);
+  p.tiles_h = (w->out_h + WINO_OUT - 1) / WINO_OUT;
+  p.tiles_w = (w->out_w + WINO_OUT - 1) / WINO_OUT;
+  p.tiles = w->batch * p.tiles_h * p.tiles_w;
+  /* At least a whole block of tiles for every thread. */
+  p.threads = max_threads();
+  if (p.threads > p.tiles / WINO_BLOCK) p.threads = p.tiles / WINO_BLOCK > 0 ? p.tiles / WINO_BLOCK : 1;
+  p.filters_floats = WINO_POINTS * p.C * p.Op;
+  p.gather_floats = WINO_POINTS * p.Cp;
+  p.v_floats = WINO_POINTS * WINO_BLOCK * p.Cp;
+  p.m_floats = WINO_POINTS * WINO_BLOCK * p.Op;
+  p.thread_floats = p.gather_floats + p.v_floats + p.m_floats;
+  return p;
+}
+
+static int64_t winograd_scratch(const flrt_window *w, int64_t out_c) {
+  const wino_plan p = plan_winograd(w, out_c);
+  return p.filters_floats + p.threads * p.thread_floats;
+}
+
+#if DIRECT_BLOCKS
+/* *v = the n (at most VEC) floats at p, zeros in the lanes after them
+ * (through a pointer: see LOAD_VEC). */
+static void load_partial(vec *v, const float *p, int64_t n) {
+  if (n >= VEC) {
+    *v = LOAD_VEC(p);
+    return;
+  }
+  *v = (vec){0};
+  for (int64_t l = 0; l < n; l++) (*v)[l] = p[l];
+}
+
+/* out[0..6) (step os) = G in[0..5) (step is): the filter transform. */
+static inline void wino_g(vec *out, int os, const vec *in, int is) {
+  const vec g0 = in[0], g1 = in[is], g2 = in[2 * is], g3 = in[3 * is], g4 = in[4 * is];
+  const vec even = g0 + g2 + g4, odd = g1 + g3;
+  const vec even4 = g0 + 4.0f * g2 + 16.0f * g4, odd4 = 2.0f * g1 + 8.0f * g3;
+  out[0] = 0.25f * g0;
+  out[os] = (-1.0f / 6.0f) * (even + odd);
+  out[2 * os] = (-1.0f / 6.0f) * (even - odd);
+  out[3 * os] = (1.0f / 24.0f) * (even4 + odd4);
+  out[4 * os] = (1.0f / 24.0f) * (even4 - odd4);
+  out[5 * os] = g4;
+}
+
+/* out[0..6) = B^T in[0..6): the input transform. */
+static inline void wino_bt(vec *out, int os, const vec *in, int is) {
+  const vec d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is], d4 = in[4 * is], d5 = in[5 * is];
+  const vec a = d4 - 4.0f * d2, b = d3 - 4.0f * d1, c = d4 - d2, e = 2.0f * (d3 - d1);
+  out[0] = 4.0f * d0 - 5.0f * d2 + d4;
+  out[os] = a + b;
+  out[2 * os] = a - b;
+  out[3 * os] = c + e;
+  out[4 * os] = c - e;
+  out[5 * os] = 4.0f * d1 - 5.0f * d3 + d5;
+}
+
+/* out[0..2) = A^T in[0..6): the output transform. */
+static inline void wino_at(vec *out, int os, const vec *in, int is) {
+  const vec m0 = in[0], m1 = in[is], m2 = in[2 * is], m3 = in[3 * is], m4 = in[4 * is], m5 = in[5 * is];
+  out[0] = m0 + (m1 + m2) + (m3 + m4);
+  out[os] = (m1 - m2) + 2.0f * (m3 - m4) + m5;
+}
+
+/* U[point][c][o] for channels [c0, c1) and every filter (zero past O). The
+ * filter is HWIO, so VEC filters of one window cell and channel are one
+ * vector. */
+static void wino_filters(const wino_plan *p, const float *filter, int64_t c0, int64_t c1, float *U) {
+  for (int64_t c = c0; c < c1; c++)
+    for (int64_t o0 = 0; o0 < p->Op; o0 += VEC) {
+      vec g[WINO_K * WINO_K], t[WINO_TILE * WINO_K], u[WINO_POINTS];
+      for (int k = 0; k < WINO_K * WINO_K; k++)
+        if (o0 < p->O) load_partial(&g[k], filter + (k * p->C + c) * p->O + o0, p->O - o0);
+        else g[k] = (vec){0};
+      for (int kw = 0; kw < WINO_K; kw++) wino_g(t + kw, WINO_K, g + kw, WINO_K); /* columns */
+      for (int a = 0; a < WINO_TILE; a++) wino_g(u + a * WINO_TILE, 1, t + a * WINO_K, 1); /* rows */
+      for (int i = 0; i < WINO_POINTS; i++) STORE_VEC(U + (c * WINO_POINTS + i) * p->Op + o0, u[i]);
+    }
+}
+
+/* V[point][row][c] of one tile: its 6x6 input, zeros outside the image,
+ * transformed. A tile wholly inside the image (and channels that fill their
+ * vectors) is read in place, any other copied into `gather` first. */
+static void wino_input_tile(const flrt_window *w, const wino_plan *p, const float *x, int64_t tile, float *gather,
+                            float *V, int64_t row) {
+  const int64_t n = tile / (p->tiles_h * p->tiles_w), in_tile = tile % (p->tiles_h * p->tiles_w);
+  const int64_t top = in_tile / p->tiles_w * WINO_OUT - w->pad_top, left = in_tile % p->tiles_w * WINO_OUT - w->pad_left;
+  const float *img = x + n * w->in_h * w->in_w * p->C, *base;
+  int64_t row_step, col_step;
+  if (p->Cp == p->C && top >= 0 && left >= 0 && top + WINO_TILE <= w->in_h && left + WINO_TILE <= w->in_w) {
+    base = img + (top * w->in_w + left) * p->C;
+    row_step = w->in_w * p->C;
+    col_step = p->C;
+  } else {
+    zero(gather, p->gather_floats);
+    for (int64_t i = 0; i < WINO_TILE; i++) {
+      const int64_t ih = top + i;
+      if (ih < 0 || ih >= w->in_h) continue;
+      for (int64_t j = 0; j < WINO_TILE; j++) {
+        const int64_t iw = left + j;
+        if (iw >= 0 && iw < w->in_w)
+          memcpy(gather + (i * WINO_TILE + j) * p->Cp, img + (ih * w->in_w + iw) * p->C, (size_t)p->C * sizeof *x);
+      }
+    }
+    base = gather;
+    row_step = WINO_TILE * p->Cp;
+    col_step = p->Cp;
+  }
+  for (int64_t c0 = 0; c0 < p->Cp; c0 += VEC) {
+    vec d[WINO_POINTS], t[WINO_POINTS], v[WINO_POINTS];
+    for (int i = 0; i < WINO_TILE; i++)
+      for (int j = 0; j < WINO_TILE; j++) d[i * WINO_TILE + j] = LOAD_VEC(base + i * row_step + j * col_step + c0);
+    for (int j = 0; j < WINO_TILE; j++) wino_bt(t + j, WINO_TILE, d + j, WINO_TILE); /* columns */
+    for (int i = 0; i < WINO_TILE; i++) wino_bt(v + i * WINO_TILE, 1, t + i * WINO_TILE, 1); /* rows */
+    for (int i = 0; i < WINO_POINTS; i++) STORE_VEC(V + (row * WINO_POINTS + i) * p->Cp + c0, v[i]);
+  }
+}
+
+/* M[point][row][o] = sum over c of V[point][row][c] U[point][c][o] for a
+ * block of `rows` tiles, FILTERS filters at a time in registers, as in
+ * direct_block. */
+static inline __attribute__((always_inline)) void wino_gemm_rows(int rows, const wino_plan *p, const float *V,
+                                                                 const float *U, float *M) {
+  for (int i = 0; i < WINO_POINTS; i++) {
+    const float *v = V + i * p->Cp, *u = U + i * p->Op;
+    float *m = M + i * p->Op;
+    for (int64_t o0 = 0; o0 < p->Op; o0 += FILTERS) {
+      vec acc[WINO_BLOCK][FILTER_VECS];
+      for (int r = 0; r < rows; r++)
+        for (int f = 0; f < FILTER_VECS; f++) acc[r][f] = (vec){0};
+      for (int64_t c = 0; c < p->C; c++) {
+        vec fv[FILTER_VECS];
+        for (int f = 0; f < FILTER_VECS; f++) fv[f] = LOAD_VEC(u + c * WINO_POINTS * p->Op + o0 + f * VEC);
+        for (int r = 0; r < rows; r++) {
+          const float x = v[r * WINO_POINTS * p->Cp + c];
+          for (int f = 0; f < FILTER_VECS; f++) acc[r][f] += x * fv[f];
+        }
+      }
+      for (int r = 0; r < rows; r++)
+        for (int f = 0; f < FILTER_VECS; f++) STORE_VEC(m + r * WINO_POINTS * p->Op + o0 + f * VEC, acc[r][f]);
+    }
+  }
+}
+
+/* wino_gemm_rows compiled for each block height, so that the accumulators
+ * of a short last block stay in registers too. */
+static void wino_gemm(int rows, const wino_plan *p, const float *V, const float *U, float *M) {
+  switch (rows) {
+  case 1: wino_gemm_rows(1, p, V, U, M); break;
+  case 2: wino_gemm_rows(2, p, V, U, M); break;
+  case 3: wino_gemm_rows(3, p, V, U, M); break;
+  case 4: wino_gemm_rows(4, p, V, U, M); break;
+  case 5: wino_gemm_rows(5, p, V, U, M); break;
+#if WINO_BLOCK > 6
+  case 6: wino_gemm_rows(6, p, V, U, M); break;
+  case 7: wino_gemm_rows(7, p, V, U, M); break;
+#endif
+  default: wino_gemm_rows(WINO_BLOCK, p, V, U, M); break;
+  }
+}
+
+/* A tile's 2x2 outputs from its row of M, with the bias and relu of the
+ * epilogue; outputs past the image's last row or column are not stored. */
+static void wino_output_tile(const flrt_window *w, const wino_plan *p, const float *M, int64_t row, int64_t tile,
+                             const float *bias, bool relu, float *out) {
+  const int64_t n = tile / (p->tiles_h * p->tiles_w), in_tile = tile % (p->tiles_h * p->tiles_w);
+  const int64_t oh0 = in_tile / p->tiles_w * WINO_OUT, ow0 = in_tile % p->tiles_w * WINO_OUT;
+  for (int64_t o0 = 0; o0 < p->O; o0 += VEC) {
+    const int64_t lanes = p->O - o0 < VEC ? p->O - o0 : VEC;
+    vec m[WINO_POINTS], t[WINO_OUT * WINO_TILE], y[WINO_OUT * WINO_OUT];
+    for (int i = 0; i < WINO_POINTS; i++) m[i] = LOAD_VEC(M + (row * WINO_POINTS + i) * p->Op + o0);
+    for (int j = 0; j < WINO_TILE; j++) wino_at(t + j, WINO_TILE, m + j, WINO_TILE); /* columns */
+    for (int i = 0; i < WINO_OUT; i++) wino_at(y + i * WINO_OUT, 1, t + i * WINO_TILE, 1); /* rows */
+    vec b = {0};
+    if (bias) load_partial(&b, bias + o0, lanes);
+    for (int i = 0; i < WINO_OUT && oh0 + i < w->out_h; i++)
+      for (int j = 0; j < WINO_OUT && ow0 + j < w->out_w; j++) {
+        vec v = y[i * WINO_OUT + j];
+        if (bias) v += b;
+        if (relu) v = (vec)((mask)(v > (vec){0}) & (mask)v);
+        float *o = out + ((n * w->out_h + oh0 + i) * w->out_w + ow0 + j) * p->O + o0;
+        if (lanes == VEC) STORE_VEC(o, v);
+        else
+          for (int64_t l = 0; l < lanes; l++) o[l] = v[l];
+      }
+  }
+}
+
+/* Tiles [t0, t1) in blocks: gather and transform, the 36 GEMMs, back. */
+static void wino_tiles(const flrt_window *w, const wino_plan *p, const float *x, const float *U, const float *bias,
+                       bool relu, float *out, int64_t t0, int64_t t1, float *scratch) {
+  float *gather = scratch, *V = gather + p->gather_floats, *M = V + p->v_floats;
+  int64_t blocks = (t1 - t0 + WINO_BLOCK - 1) / WINO_BLOCK;
+  for (int64_t t = t0; t < t1; blocks--) {
+    /* Even blocks: 25 tiles go as 7, 6, 6, 6 rather than 8, 8, 8, 1. */
+    const int rows = (int)((t1 - t + blocks - 1) / blocks);
+    for (int r = 0; r < rows; r++) wino_input_tile(w, p, x, t + r, gather, V, r);
+    wino_gemm(rows, p, V, U, M);
+    for (int r = 0; r < rows; r++) wino_output_tile(w, p, M, r, t + r, bias, relu, out);
+    t += rows;
+  }
+}
+#endif
+
+/* out = the convolution of x (+ bias, relu), for a window runs_winograd
+ * takes; scratch holds winograd_scratch(w, out_c) floats. The threads first
+ * transform a share of the filters each, then work a share of the tiles. */
+static void winograd_conv(const flrt_window *w, int64_t out_c, const float *x, const float *filter, const float *bias,
+                          bool relu, float *out, float *scratch) {
+#if DIRECT_BLOCKS
+  const wino_plan p = plan_winograd(w, out_c);
+  float *U = scratch;
+#ifdef _OPENMP
+  const int64_t threads = omp_in_parallel() ? 1 : p.threads;
+#endif
+  FLRT_OMP(omp parallel num_threads(threads) if(threads > 1))
+  {
+    int64_t t = 0, used = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num(), used = omp_get_num_threads();
+#endif
+    wino_filters(&p, filter, p.C * t / used, p.C * (t + 1) / used, U);
+    FLRT_OMP(omp barrier)
+    wino_tiles(w, &p, x, U, bias, relu, out, p.tiles * t / used, p.tiles * (t + 1) / used,
+               scratch + p.filters_floats + t * p.thread_floats);
+  }
+#else
+  (void)w, (void)out_c, (void)x, (void)filter, (void)bias, (void)relu, (void)out, (void)scratch;
+#endif
+}
+
+/* The input gradient of a stride-1 window is a convolution of dy with the
+ * turned filter (transposed_window), so a 5x5 one runs as Winograd's too,
+ * the turned filter first in the scratch and the transforms after it. */
+static bool grad_input_runs_winograd(const flrt_window *w, int64_t out_c) {
+  if (w->stride_h != 1 || w->stride_w != 1 || w->pad_top >= w->k_h || w->pad_left >= w->k_w) return false;
+  flrt_window t;
+  transposed_window(w, out_c, &t);
+  return runs_winograd(&t, w->in_c);
+}
+
+static int64_t turned_floats(const flrt_window *w, int64_t out_c) {
+  return (int64_t)(flrt_align((size_t)(window_cols(w) * out_c) * sizeof(float)) / sizeof(float));
+}
+
+static int64_t winograd_transposed_scratch(const flrt_window *w, int64_t out_c) {
+  flrt_window t;
+  transposed_window(w, out_c, &t);
+  return winograd_scratch(&t, w->in_c);
+}
+
 size_t flrt_conv2d_scratch(const flrt_window *w, int64_t out_c) {
   /* The pointwise case works on x, dx and the outputs directly. */
   if (is_pointwise(w) || window_rows(w) <= 0) return 0;
   /* A band's matrix is at most an image's, which is what a chunk holds here. */
   const int64_t threads = row_bands(w, out_c) > 1 ? max_threads() : chunk_threads(w);
-  return (size_t)(threads * thread_scratch(w, out_c));
+  int64_t floats = threads * thread_scratch(w, out_c);
+  if (runs_winograd(w, out_c) && winograd_scratch(w, out_c) > floats) floats = winograd_scratch(w, out_c);
+  if (grad_input_runs_winograd(w, out_c) && turned_floats(w, out_c) + winograd_transposed_scratch(w, out_c) > floats)
+    floats = turned_floats(w, out_c) + winograd_transposed_scratch(w, out_c);
+  return (size_t)floats;
 }
 
 static void pad_image(const flrt_window *w, const float *img, float *padded) {
@@ -1002,6 +1303,10 @@ void flrt_conv2d_bias(const flrt_window *w, int64_t out_c, const float *x, const
     }
     return;
   }
+  if (runs_winograd(w, out_c)) {
+    winograd_conv(w, out_c, x, filter, bias, relu, out, cols);
+    return;
+  }
   conv_args a = {.w = w, .out_c = out_c, .x = x, .filter = filter, .bias = bias, .relu = relu, .out = out};
   const int64_t bands = row_bands(w, out_c);
   if (bands > 1) forward_bands(&a, bands, cols);
@@ -1061,6 +1366,13 @@ void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy
   }
   if (P <= 0 || K <= 0 || O <= 0) {
     zero(dx, w->batch * w->in_h * w->in_w * w->in_c);
+    return;
+  }
+  if (grad_input_runs_winograd(w, out_c)) {
+    flrt_window t;
+    transposed_window(w, out_c, &t);
+    turn_filter(w, out_c, filter, cols);
+    winograd_conv(&t, w->in_c, dy, cols, NULL, false, dx, cols + turned_floats(w, out_c));
     return;
   }
   conv_args a = {.w = w, .out_c = out_c, .filter = filter, .dy = dy, .dx = dx};

@@ -77,6 +77,19 @@ static void assert_close(const float *got, const double *want, size_t n, double 
   }
 }
 
+/* Each value within rel times the largest one wanted (at least 1): where
+ * the error grows with the size of the terms summed, as in Winograd's
+ * transforms, rather than with the value they sum to. */
+static void assert_close_to_largest(const float *got, const double *want, size_t n, double rel, const char *what) {
+  double largest = 1.0, worst = 0.0;
+  for (size_t i = 0; i < n; i++) largest = fmax(largest, fabs(want[i]));
+  for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs(got[i] - want[i]));
+  cr_log_info("%s: largest error %.3g of largest value %.3g", what, worst, largest);
+  for (size_t i = 0; i < n; i++)
+    cr_assert(fabs(got[i] - want[i]) <= rel * largest, "%s[%zu]: got %.8g, want %.8g (largest %.8g)", what, i,
+              (double)got[i], want[i], largest);
+}
+
 static double dot(const float *a, const float *b, size_t n) {
   double s = 0.0;
   for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
@@ -279,7 +292,7 @@ Test(conv2d, matches_naive) {
     flrt_conv2d(&w, k->o, x, f, out, cols);
     naive_conv(FWD, &w, k->o, x, f, NULL, want);
     cr_log_info("case %zu", t);
-    assert_close(out, want, out_size(&w, k->o), 1e-4, "conv2d");
+    assert_close_to_largest(out, want, out_size(&w, k->o), 1e-5, "conv2d");
     free(x), free(f), free(out), free(cols), free(want);
   }
 }
@@ -327,7 +340,7 @@ Test(conv2d, gradients_match_naive) {
     flrt_conv2d_grad_filter(&w, k->o, x, dy, df, cols);
     naive_conv(GRAD_INPUT, &w, k->o, x, f, dy, want_dx);
     naive_conv(GRAD_FILTER, &w, k->o, x, f, dy, want_df);
-    assert_close(dx, want_dx, image_size(&w), 1e-4, "grad_input");
+    assert_close_to_largest(dx, want_dx, image_size(&w), 1e-5, "grad_input");
     assert_close(df, want_df, filter_size(&w, k->o), 1e-4, "grad_filter");
     free(x), free(f), free(dy), free(dx), free(df), free(cols), free(want_dx), free(want_df);
   }
@@ -632,8 +645,10 @@ Test(print_tensor, large_is_summarised) {
 }
 
 /* A batch larger than one im2col chunk: Deep MNIST's second layer at batch 13
- * runs in chunks of one image; each product must still equal the whole-batch
- * definition (grad_filter sums over the chunks and the threads). */
+ * (its filter gradient runs in chunks of one image, its forward pass and
+ * input gradient as Winograd's in blocks of tiles that cross the images);
+ * each product must still equal the whole-batch definition (grad_filter
+ * sums over the chunks and the threads). */
 Test(conv2d, batches_split_into_chunks_match_naive, .timeout = 120) {
   lcg_state = 7;
   flrt_window w;
@@ -653,8 +668,8 @@ Test(conv2d, batches_split_into_chunks_match_naive, .timeout = 120) {
   naive_conv(FWD, &w, O, x, f, dy, want_y);
   naive_conv(GRAD_INPUT, &w, O, x, f, dy, want_dx);
   naive_conv(GRAD_FILTER, &w, O, x, f, dy, want_df);
-  assert_close(y, want_y, out_size(&w, O), 1e-4, "conv2d");
-  assert_close(dx, want_dx, image_size(&w), 1e-4, "grad_input");
+  assert_close_to_largest(y, want_y, out_size(&w, O), 1e-5, "conv2d");
+  assert_close_to_largest(dx, want_dx, image_size(&w), 1e-5, "grad_input");
   assert_close(df, want_df, filter_size(&w, O), 1e-4, "grad_filter");
   free(x), free(f), free(dy), free(y), free(dx), free(df), free(cols), free(want_y), free(want_dx), free(want_df);
 }
@@ -670,10 +685,10 @@ Test(conv2d, images_split_into_row_bands_match_naive, .timeout = 120) {
   cr_skip_test("built without OpenMP: one thread, no bands");
 #else
   static const conv_case cases[] = {
-      {1, 14, 14, 32, 5, 5, 1, 1, 64, true}, /* Deep MNIST's conv2 at batch 1: direct */
-      {1, 28, 28, 1, 5, 5, 1, 1, 32, true},  /* conv1: direct */
-      {1, 12, 12, 48, 5, 5, 1, 1, 16, true}, /* 1200 entries: im2col */
-      {1, 13, 11, 48, 5, 5, 2, 2, 16, false},
+      {1, 14, 14, 32, 3, 3, 1, 1, 64, true},  /* direct (Deep MNIST's conv2 is Winograd's) */
+      {1, 28, 28, 1, 5, 5, 1, 1, 32, true},   /* conv1: direct */
+      {1, 12, 12, 240, 3, 3, 1, 1, 16, true}, /* 2160 entries: im2col */
+      {1, 13, 11, 48, 5, 5, 2, 2, 16, false}, /* 1200 entries, stride 2: direct */
       {2, 21, 19, 8, 3, 3, 2, 2, 48, true},  {2, 23, 19, 8, 3, 3, 2, 2, 48, false},
       {1, 31, 9, 3, 5, 3, 1, 1, 40, true},
   };
@@ -694,7 +709,7 @@ Test(conv2d, images_split_into_row_bands_match_naive, .timeout = 120) {
       flrt_conv2d(&w, k->o, x, f, y, cols);
       naive_conv(FWD, &w, k->o, x, f, NULL, want);
       cr_log_info("%d threads, case %zu", threads, t);
-      assert_close(y, want, ny, 1e-4, "conv2d");
+      assert_close_to_largest(y, want, ny, 1e-5, "conv2d");
       flrt_conv2d_bias(&w, k->o, x, f, bias, true, fused, cols);
       for (size_t i = 0; i < ny; i++) {
         const float v = y[i] + bias[i % (size_t)k->o];
@@ -704,6 +719,65 @@ Test(conv2d, images_split_into_row_bands_match_naive, .timeout = 120) {
     }
   }
 #endif
+}
+
+/* 5x5 windows of stride 1 with 8 or more channels and filters run as
+ * Winograd's F(2x2, 5x5), forward and input gradient: Deep MNIST's conv2
+ * at batch 1, odd sizes whose last tiles stick out of the output, VALID
+ * (the input gradient's window then reads 4 rows of padding), channels
+ * that do not fill a vector (copied tiles) and filters that do not fill one
+ * or a block of them. At 1, 2 and 3 threads the outputs must equal the
+ * definition and be the same bits, and the epilogue must match conv2d +
+ * bias + relu bit for bit. */
+Test(conv2d, winograd_matches_naive_at_any_thread_count, .timeout = 120) {
+  static const conv_case cases[] = {
+      {1, 14, 14, 32, 5, 5, 1, 1, 64, true}, {3, 9, 11, 11, 5, 5, 1, 1, 40, true},
+      {2, 10, 9, 16, 5, 5, 1, 1, 13, false}, {1, 6, 7, 8, 5, 5, 1, 1, 8, true},
+      {2, 5, 5, 20, 5, 5, 1, 1, 33, true},
+  };
+  lcg_state = 41;
+  for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+    const conv_case *k = &cases[t];
+    flrt_window w;
+    init_case(&w, k);
+    const size_t ny = out_size(&w, k->o), nx = image_size(&w);
+    float *x = random_floats(nx), *f = random_floats(filter_size(&w, k->o)), *dy = random_floats(ny);
+    float *bias = random_floats((size_t)k->o), *y = random_floats(ny), *fused = random_floats(ny);
+    float *dx = random_floats(nx), *y1 = malloc(ny * sizeof *y1), *dx1 = malloc(nx * sizeof *dx1);
+    double *want_y = malloc(ny * sizeof *want_y), *want_dx = malloc(nx * sizeof *want_dx);
+    naive_conv(FWD, &w, k->o, x, f, dy, want_y);
+    naive_conv(GRAD_INPUT, &w, k->o, x, f, dy, want_dx);
+    for (int threads = 1; threads <= 3; threads++) {
+#ifdef _OPENMP
+      omp_set_num_threads(threads);
+#else
+      if (threads > 1) break;
+#endif
+      cr_log_info("case %zu, %d threads", t, threads);
+      float *cols = random_floats(flrt_conv2d_scratch(&w, k->o));
+      flrt_conv2d(&w, k->o, x, f, y, cols);
+      flrt_conv2d_grad_input(&w, k->o, dy, f, dx, cols);
+      flrt_conv2d_bias(&w, k->o, x, f, bias, true, fused, cols);
+      assert_close_to_largest(y, want_y, ny, 1e-5, "conv2d");
+      assert_close_to_largest(dx, want_dx, nx, 1e-5, "grad_input");
+      for (size_t i = 0; i < ny; i++) {
+        const float v = y[i] + bias[i % (size_t)k->o];
+        cr_assert_eq(fused[i], v > 0.0f ? v : 0.0f, "case %zu, %d threads: out[%zu]", t, threads, i);
+      }
+      if (threads == 1) {
+        memcpy(y1, y, ny * sizeof *y);
+        memcpy(dx1, dx, nx * sizeof *dx);
+      }
+      cr_assert(memcmp(y, y1, ny * sizeof *y) == 0, "case %zu: %d threads changed conv2d's bits", t, threads);
+      cr_assert(memcmp(dx, dx1, nx * sizeof *dx) == 0, "case %zu: %d threads changed grad_input's bits", t, threads);
+      free(cols);
+    }
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+    free(x), free(f), free(dy), free(bias), free(y), free(fused), free(dx), free(y1), free(dx1), free(want_y),
+        free(want_dx);
+  }
 }
 
 /* ---- flrt_sum_rows -------------------------------------------------------- */
