@@ -755,9 +755,9 @@ static void load_partial(vec *v, const float *p, int64_t n) {
   for (int64_t l = 0; l < n; l++) (*v)[l] = p[l];
 }
 
-/* out[0..6) (step os) = G in[0..5) (step is): the filter transform. */
-static inline void wino_g(vec *out, int os, const vec *in, int is) {
-  const vec g0 = in[0], g1 = in[is], g2 = in[2 * is], g3 = in[3 * is], g4 = in[4 * is];
+/* out[0..6) (os apart) = G in[0..5): the filter transform. */
+static inline void wino_g(vec *out, int os, const vec *in) {
+  const vec g0 = in[0], g1 = in[1], g2 = in[2], g3 = in[3], g4 = in[4];
   const vec even = g0 + g2 + g4, odd = g1 + g3;
   const vec even4 = g0 + 4.0f * g2 + 16.0f * g4, odd4 = 2.0f * g1 + 8.0f * g3;
   out[0] = 0.25f * g0;
@@ -768,9 +768,9 @@ static inline void wino_g(vec *out, int os, const vec *in, int is) {
   out[5 * os] = g4;
 }
 
-/* out[0..6) = B^T in[0..6): the input transform. */
-static inline void wino_bt(vec *out, int os, const vec *in, int is) {
-  const vec d0 = in[0], d1 = in[is], d2 = in[2 * is], d3 = in[3 * is], d4 = in[4 * is], d5 = in[5 * is];
+/* out[0..6) (os apart) = B^T in[0..6): the input transform. */
+static inline void wino_bt(vec *out, int os, const vec *in) {
+  const vec d0 = in[0], d1 = in[1], d2 = in[2], d3 = in[3], d4 = in[4], d5 = in[5];
   const vec a = d4 - 4.0f * d2, b = d3 - 4.0f * d1, c = d4 - d2, e = 2.0f * (d3 - d1);
   out[0] = 4.0f * d0 - 5.0f * d2 + d4;
   out[os] = a + b;
@@ -780,30 +780,38 @@ static inline void wino_bt(vec *out, int os, const vec *in, int is) {
   out[5 * os] = 4.0f * d1 - 5.0f * d3 + d5;
 }
 
-/* out[0..2) = A^T in[0..6): the output transform. */
-static inline void wino_at(vec *out, int os, const vec *in, int is) {
-  const vec m0 = in[0], m1 = in[is], m2 = in[2 * is], m3 = in[3 * is], m4 = in[4 * is], m5 = in[5 * is];
+/* out[0..2) (os apart) = A^T in[0..6): the output transform. */
+static inline void wino_at(vec *out, int os, const vec *in) {
+  const vec m0 = in[0], m1 = in[1], m2 = in[2], m3 = in[3], m4 = in[4], m5 = in[5];
   out[0] = m0 + (m1 + m2) + (m3 + m4);
   out[os] = (m1 - m2) + 2.0f * (m3 - m4) + m5;
 }
 
-/* U[point][c][o] for channels [c0, c1) and every filter (zero past O). The
+/* U[c][point][o] for channels [c0, c1) and every filter (zero past O). The
  * filter is HWIO, so VEC filters of one window cell and channel are one
- * vector. */
+ * vector. U, V and M keep a channel's, a tile's 36 points together: each
+ * transform then writes or reads one run of memory (36 runs 8 KiB apart,
+ * all in one set of the L1 cache, took three times as long). */
 static void wino_filters(const wino_plan *p, const float *filter, int64_t c0, int64_t c1, float *U) {
-  for (int64_t c = c0; c < c1; c++)
-    for (int64_t o0 = 0; o0 < p->Op; o0 += VEC) {
-      vec g[WINO_K * WINO_K], t[WINO_TILE * WINO_K], u[WINO_POINTS];
-      for (int k = 0; k < WINO_K * WINO_K; k++)
-        if (o0 < p->O) load_partial(&g[k], filter + (k * p->C + c) * p->O + o0, p->O - o0);
-        else g[k] = (vec){0};
-      for (int kw = 0; kw < WINO_K; kw++) wino_g(t + kw, WINO_K, g + kw, WINO_K); /* columns */
-      for (int a = 0; a < WINO_TILE; a++) wino_g(u + a * WINO_TILE, 1, t + a * WINO_K, 1); /* rows */
-      for (int i = 0; i < WINO_POINTS; i++) STORE_VEC(U + (c * WINO_POINTS + i) * p->Op + o0, u[i]);
+  for (int64_t o0 = 0; o0 < p->Op; o0 += VEC)
+    for (int64_t c = c0; c < c1; c++) {
+      vec t[WINO_TILE * WINO_K];
+      for (int kw = 0; kw < WINO_K; kw++) { /* columns, straight from the filter */
+        vec g[WINO_K];
+        for (int kh = 0; kh < WINO_K; kh++)
+          if (o0 < p->O) load_partial(&g[kh], filter + ((kh * WINO_K + kw) * p->C + c) * p->O + o0, p->O - o0);
+          else g[kh] = (vec){0};
+        wino_g(t + kw, WINO_K, g);
+      }
+      for (int a = 0; a < WINO_TILE; a++) { /* rows, straight into U */
+        vec u[WINO_TILE];
+        wino_g(u, 1, t + a * WINO_K);
+        for (int b = 0; b < WINO_TILE; b++) STORE_VEC(U + (c * WINO_POINTS + a * WINO_TILE + b) * p->Op + o0, u[b]);
+      }
     }
 }
 
-/* V[point][row][c] of one tile: its 6x6 input, zeros outside the image,
+/* V[row][point][c] of one tile: its 6x6 input, zeros outside the image,
  * transformed. A tile wholly inside the image (and channels that fill their
  * vectors) is read in place, any other copied into `gather` first. */
 static void wino_input_tile(const flrt_window *w, const wino_plan *p, const float *x, int64_t tile, float *gather,
@@ -832,16 +840,21 @@ static void wino_input_tile(const flrt_window *w, const wino_plan *p, const floa
     col_step = p->Cp;
   }
   for (int64_t c0 = 0; c0 < p->Cp; c0 += VEC) {
-    vec d[WINO_POINTS], t[WINO_POINTS], v[WINO_POINTS];
-    for (int i = 0; i < WINO_TILE; i++)
-      for (int j = 0; j < WINO_TILE; j++) d[i * WINO_TILE + j] = LOAD_VEC(base + i * row_step + j * col_step + c0);
-    for (int j = 0; j < WINO_TILE; j++) wino_bt(t + j, WINO_TILE, d + j, WINO_TILE); /* columns */
-    for (int i = 0; i < WINO_TILE; i++) wino_bt(v + i * WINO_TILE, 1, t + i * WINO_TILE, 1); /* rows */
-    for (int i = 0; i < WINO_POINTS; i++) STORE_VEC(V + (row * WINO_POINTS + i) * p->Cp + c0, v[i]);
+    vec t[WINO_POINTS];
+    for (int j = 0; j < WINO_TILE; j++) { /* columns, straight from the input */
+      vec d[WINO_TILE];
+      for (int i = 0; i < WINO_TILE; i++) d[i] = LOAD_VEC(base + i * row_step + j * col_step + c0);
+      wino_bt(t + j, WINO_TILE, d);
+    }
+    for (int i = 0; i < WINO_TILE; i++) { /* rows, straight into V */
+      vec v[WINO_TILE];
+      wino_bt(v, 1, t + i * WINO_TILE);
+      for (int j = 0; j < WINO_TILE; j++) STORE_VEC(V + (row * WINO_POINTS + i * WINO_TILE + j) * p->Cp + c0, v[j]);
+    }
   }
 }
 
-/* M[point][row][o] = sum over c of V[point][row][c] U[point][c][o] for a
+/* M[row][point][o] = sum over c of V[row][point][c] U[c][point][o] for a
  * block of `rows` tiles, FILTERS filters at a time in registers, as in
  * direct_block. */
 static inline __attribute__((always_inline)) void wino_gemm_rows(int rows, const wino_plan *p, const float *V,
@@ -892,10 +905,13 @@ static void wino_output_tile(const flrt_window *w, const wino_plan *p, const flo
   const int64_t oh0 = in_tile / p->tiles_w * WINO_OUT, ow0 = in_tile % p->tiles_w * WINO_OUT;
   for (int64_t o0 = 0; o0 < p->O; o0 += VEC) {
     const int64_t lanes = p->O - o0 < VEC ? p->O - o0 : VEC;
-    vec m[WINO_POINTS], t[WINO_OUT * WINO_TILE], y[WINO_OUT * WINO_OUT];
-    for (int i = 0; i < WINO_POINTS; i++) m[i] = LOAD_VEC(M + (row * WINO_POINTS + i) * p->Op + o0);
-    for (int j = 0; j < WINO_TILE; j++) wino_at(t + j, WINO_TILE, m + j, WINO_TILE); /* columns */
-    for (int i = 0; i < WINO_OUT; i++) wino_at(y + i * WINO_OUT, 1, t + i * WINO_TILE, 1); /* rows */
+    vec t[WINO_OUT * WINO_TILE], y[WINO_OUT * WINO_OUT];
+    for (int j = 0; j < WINO_TILE; j++) { /* columns, straight from M */
+      vec m[WINO_TILE];
+      for (int i = 0; i < WINO_TILE; i++) m[i] = LOAD_VEC(M + (row * WINO_POINTS + i * WINO_TILE + j) * p->Op + o0);
+      wino_at(t + j, WINO_TILE, m);
+    }
+    for (int i = 0; i < WINO_OUT; i++) wino_at(y + i * WINO_OUT, 1, t + i * WINO_TILE); /* rows */
     vec b = {0};
     if (bias) load_partial(&b, bias + o0, lanes);
     for (int i = 0; i < WINO_OUT && oh0 + i < w->out_h; i++)
