@@ -129,7 +129,8 @@ static const conv_case conv_cases[] = {
     /* just over the direct limit of the gradients (im2col; direct forward),
      * then in chunks of many images */
     {2, 9, 10, 8, 3, 3, 1, 1, 16, true}, {40, 6, 6, 8, 3, 3, 1, 1, 16, true},
-    /* over the forward pass's direct limit too: im2col all through */
+    /* many channels: Winograd's at stride 1, direct forward and im2col
+     * gradients at stride 2 */
     {2, 6, 5, 48, 5, 5, 1, 1, 8, true}, {1, 7, 6, 44, 5, 5, 2, 2, 8, false},
 };
 #define NCASES (sizeof conv_cases / sizeof conv_cases[0])
@@ -143,8 +144,11 @@ static void init_case(flrt_window *w, const conv_case *k) {
 /* Every transpose and shape class: a single row of at most 16 columns
  * (1 x 10 x 1024, 1 x 16 x 301, 1 x 13 x 70, and 1 x 3 x 2 whose rows all go
  * through the padded copy) to flowc's own loop unless B is transposed, other
- * single rows and single columns to sgemv, few rows and many columns to one GEMM per thread on its columns
- * (8 x 300 x 1800, blocks not a multiple of 16 wide), many rows and a short
+ * single rows and single columns to sgemv, few rows and many columns to
+ * flowc's own panels when neither is transposed, else to one GEMM per thread
+ * on its columns (8 x 300 x 1800, 21 x 150 x 1500 and 50 x 200 x 700: blocks
+ * of rows and of columns whole and partial, sums in blocks of 256 and a
+ * remainder, blocks not a multiple of 16 wide), many rows and a short
  * sum to one GEMM per thread on its rows (600 x 100 x 70), at most 16
  * columns (a classifier's) to flowc's own loops: rows of B as vectors for
  * A B, dot products for A B^T, vectors along A's rows for A^T B (100 x 10 x
@@ -157,7 +161,8 @@ Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
   lcg_state = 11;
   const int64_t shapes[][3] = {{1, 7, 5},     {6, 1, 5},     {1, 1, 4},   {4, 3, 6},      {1, 9, 1},
                                {5, 2, 1},     {8, 300, 1800}, {600, 100, 70}, {100, 10, 784}, {70, 13, 200},
-                               {150, 7, 33}, {784, 10, 100}, {1, 10, 1024}, {1, 16, 301}, {1, 13, 70}, {1, 3, 2}};
+                               {150, 7, 33}, {784, 10, 100}, {1, 10, 1024}, {1, 16, 301}, {1, 13, 70}, {1, 3, 2},
+                               {21, 150, 1500}, {50, 200, 700}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int t = 0; t < 12; t++) {
       const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
