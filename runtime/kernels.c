@@ -275,8 +275,8 @@ static void narrow_outer(int64_t p0, int64_t p1, int64_t n, int64_t k, const flo
 /* A GEMM of few rows against a wide B (a fully connected layer at batch 50:
  * 50 x 3136 times 3136 x 1024). OpenBLAS's kernels reach half the peak on
  * 50 rows (1.4 to 1.6 ms for Deep MNIST's fc1, its weights streaming at only
- * 8 GB/s). Here FEW_DEPTH rows of FILTERS columns of B, 4 KiB apart in B, are
- * copied into a contiguous panel that stays in L1 while every block of
+ * 8 GB/s). Here FEW_DEPTH rows of FILTERS columns of B (4 KiB apart in fc1's)
+ * are copied into a contiguous panel that stays in L1 while every block of
  * FEW_ROWS rows of A passes over it with FEW_ROWS x FILTERS sums in
  * registers (1.1 to 1.2 ms). */
 #define FEW_MAX_ROWS 64
@@ -321,7 +321,8 @@ static void few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float *
         for (int r = 0; r < FEW_ROWS && i + r < m; r++) {
           float *out = c + (i + r) * ldc + j;
           if (width == FILTERS)
-            for (int f = 0; f < FILTER_VECS; f++) STORE_VEC(out + f * VEC, (vec)LOAD_VEC(out + f * VEC) + alpha * acc[r][f]);
+            for (int f = 0; f < FILTER_VECS; f++)
+              STORE_VEC(out + f * VEC, (vec)LOAD_VEC(out + f * VEC) + alpha * acc[r][f]);
           else
             for (int64_t l = 0; l < width; l++) out[l] += alpha * acc[r][l / VEC][l % VEC];
         }
@@ -900,7 +901,8 @@ static void wino_filters(const wino_plan *p, const float *filter, int64_t c0, in
 static void wino_input_tile(const flrt_window *w, const wino_plan *p, const float *x, int64_t tile, float *gather,
                             float *V, int64_t row) {
   const int64_t n = tile / (p->tiles_h * p->tiles_w), in_tile = tile % (p->tiles_h * p->tiles_w);
-  const int64_t top = in_tile / p->tiles_w * WINO_OUT - w->pad_top, left = in_tile % p->tiles_w * WINO_OUT - w->pad_left;
+  const int64_t top = in_tile / p->tiles_w * WINO_OUT - w->pad_top;
+  const int64_t left = in_tile % p->tiles_w * WINO_OUT - w->pad_left;
   const float *img = x + n * w->in_h * w->in_w * p->C, *base;
   int64_t row_step, col_step;
   if (p->Cp == p->C && top >= 0 && left >= 0 && top + WINO_TILE <= w->in_h && left + WINO_TILE <= w->in_w) {
