@@ -544,19 +544,36 @@ static const char dropout_flow[] =
     "train_step = gradient_descent(0.1).minimize(loss)\n"
     "train {\n  data = mnist(\"MNIST_data\")\n  run train_step with keep_prob = 0.5\n%s}\n";
 
+/* dropout_flow at path, its test action `test` ("" for none). */
+static void write_dropout_flow(const char *path, const char *test) {
+  char text[2048];
+  snprintf(text, sizeof text, dropout_flow, test);
+  write_text(path, text);
+}
+
+/* dropout_flow as FILE.flow in a fresh scratch folder, beside a checkpoint of
+ * its two variables and the folder for the emitted code. */
+typedef struct {
+  char flow[4200], weights[4200], out_dir[4200];
+} dropout_case;
+
+static void write_dropout_case(dropout_case *c, const char *scratch, const char *file) {
+  const char *dir = e2e_scratch(scratch);
+  snprintf(c->flow, sizeof c->flow, "%s/%s.flow", dir, file);
+  snprintf(c->weights, sizeof c->weights, "%s/w.safetensors", dir);
+  snprintf(c->out_dir, sizeof c->out_dir, "%s/out", dir);
+  const tensor_spec specs[] = {{"W", 2, {784, 10}}, {"b", 1, {10}}};
+  write_checkpoint(c->weights, specs, 2);
+  write_dropout_flow(c->flow, "");
+}
+
 /* A loss is not an inference kernel (its kernel calls the training runtime):
  * asking for one is an error at the loss's line, and the prediction beside
  * it still builds. */
 Test(cli, a_loss_has_no_inference_kernel) {
-  const char *dir = e2e_scratch("infer_loss");
-  char flow[4200], weights[4200], text[2048], out_dir[4200];
-  snprintf(flow, sizeof flow, "%s/loss.flow", dir);
-  snprintf(weights, sizeof weights, "%s/w.safetensors", dir);
-  snprintf(out_dir, sizeof out_dir, "%s/out", dir);
-  const tensor_spec specs[] = {{"W", 2, {784, 10}}, {"b", 1, {10}}};
-  write_checkpoint(weights, specs, 2);
-  snprintf(text, sizeof text, dropout_flow, "");
-  write_text(flow, text);
+  dropout_case c;
+  write_dropout_case(&c, "infer_loss", "loss");
+  const char *flow = c.flow, *weights = c.weights, *out_dir = c.out_dir;
   char *out = NULL;
   int rc = emit(flow, "loss", weights, out_dir, "--feed keep_prob=1.0", &out);
   cr_assert_eq(rc, 1, "inference code for a loss was accepted:\n%s", out);
@@ -569,15 +586,9 @@ Test(cli, a_loss_has_no_inference_kernel) {
 }
 
 Test(cli, a_scalar_placeholder_is_fixed_by_the_test_action_or_feed) {
-  const char *dir = e2e_scratch("infer_keep_prob");
-  char flow[4200], weights[4200], text[2048], out_dir[4200];
-  snprintf(flow, sizeof flow, "%s/drop.flow", dir);
-  snprintf(weights, sizeof weights, "%s/w.safetensors", dir);
-  snprintf(out_dir, sizeof out_dir, "%s/out", dir);
-  const tensor_spec specs[] = {{"W", 2, {784, 10}}, {"b", 1, {10}}};
-  write_checkpoint(weights, specs, 2);
-  snprintf(text, sizeof text, dropout_flow, "");
-  write_text(flow, text);
+  dropout_case c;
+  write_dropout_case(&c, "infer_keep_prob", "drop");
+  const char *flow = c.flow, *weights = c.weights, *out_dir = c.out_dir;
   char *out = NULL;
   int rc = emit(flow, "y", weights, out_dir, NULL, &out);
   cr_assert_eq(rc, 1, "an unfixed keep_prob was accepted:\n%s", out);
@@ -591,8 +602,7 @@ Test(cli, a_scalar_placeholder_is_fixed_by_the_test_action_or_feed) {
   cr_assert_eq(rc, 0, "%s", out);
   free(out);
   /* The test action's `with keep_prob = 1.0` fixes it too, as the training executable evaluates. */
-  snprintf(text, sizeof text, dropout_flow, "  test: print \"{loss}\" with keep_prob = 1.0\n");
-  write_text(flow, text);
+  write_dropout_flow(flow, "  test: print \"{loss}\" with keep_prob = 1.0\n");
   rc = emit(flow, "y", weights, out_dir, NULL, &out);
   cr_assert_eq(rc, 0, "%s", out);
   free(out);
