@@ -153,8 +153,10 @@ static void init_case(flrt_window *w, const conv_case *k) {
  * columns (a classifier's) to flowc's own loops: rows of B as vectors for
  * A B, dot products for A B^T, vectors along A's rows for A^T B (100 x 10 x
  * 784 and 784 x 10 x 100, with partial blocks of rows, columns and vectors in
- * 70 x 13 x 200 and 150 x 7 x 33; A^T B^T stays with sgemm), the rest to
- * sgemm;
+ * 70 x 13 x 200 and 150 x 7 x 33; A^T B^T stays with sgemm), a single row
+ * against at least 64 columns to flowc's own loop over runs of B's rows
+ * unless B is transposed (1 x 300 x 203 and 1 x 64 x 9: columns past the
+ * last vector, rows past the last four), the rest to sgemm;
  * overwriting must clear a NaN left in the output, accumulating must add to
  * what is there, and flrt_gemm_update must add alpha times the product. */
 Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
@@ -162,7 +164,7 @@ Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
   const int64_t shapes[][3] = {{1, 7, 5},     {6, 1, 5},     {1, 1, 4},   {4, 3, 6},      {1, 9, 1},
                                {5, 2, 1},     {8, 300, 1800}, {600, 100, 70}, {100, 10, 784}, {70, 13, 200},
                                {150, 7, 33}, {784, 10, 100}, {1, 10, 1024}, {1, 16, 301}, {1, 13, 70}, {1, 3, 2},
-                               {21, 150, 1500}, {50, 200, 700}};
+                               {21, 150, 1500}, {50, 200, 700}, {1, 300, 203}, {1, 64, 9}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int t = 0; t < 12; t++) {
       const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
@@ -227,6 +229,39 @@ Test(gemm, split_sum_matches_naive_for_any_thread_count, .timeout = 60) {
                     update);
         /* k terms of size at most 1 */
         assert_close(c, want, (size_t)(m * n), 1e-6 * (double)k, "split gemm");
+        free(a), free(b), free(c), free(want);
+      }
+}
+
+/* A single row against a wide B (batch-1 fully connected layers) splits B's
+ * rows between the threads and adds their sums of all columns; at most 8192
+ * sums fit, so 5 threads on 2000 columns run as 4: any thread count gives
+ * the naive result, a column of A (trans_a) included. */
+Test(gemm, wide_row_matches_naive_for_any_thread_count, .timeout = 60) {
+  lcg_state = 23;
+  const int64_t shapes[][2] = {{1024, 3136}, {300, 203}, {2000, 100}, {64, 3}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int threads = 1; threads <= 5; threads++)
+      for (int t = 0; t < 4; t++) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        const int64_t n = shapes[s][0], k = shapes[s][1], lda = 3;
+        const bool ta = t & 1, update = t & 2;
+        float *a = random_floats((size_t)(k * lda)), *b = random_floats((size_t)(k * n));
+        float *c = random_floats((size_t)n);
+        double *want = malloc((size_t)n * sizeof *want);
+        for (int64_t j = 0; j < n; j++) {
+          double sum = 0.0;
+          for (int64_t p = 0; p < k; p++) sum += (double)a[ta ? p * lda : p] * b[p * n + j];
+          want[j] = update ? c[j] - 0.25 * sum : sum;
+        }
+        if (update) flrt_gemm_update(ta, false, 1, n, k, a, ta ? lda : k, b, n, -0.25f, c, n);
+        else flrt_gemm(ta, false, 1, n, k, a, ta ? lda : k, b, n, c, n, false);
+        cr_log_info("n %lld k %lld, %d threads, trans_a %d, update %d", (long long)n, (long long)k, threads, ta,
+                    update);
+        /* k terms of size at most 1 */
+        assert_close(c, want, (size_t)n, 1e-6 * (double)k, "wide row");
         free(a), free(b), free(c), free(want);
       }
 }
