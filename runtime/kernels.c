@@ -2,6 +2,7 @@
 #include "flowc_rt.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifndef FLRT_NO_BLAS
@@ -1090,14 +1091,82 @@ static void wino_tiles(const flrt_window *w, const wino_plan *p, const float *x,
 }
 #endif
 
+/* The filter transform is the same work whatever the batch: at batch 1 (49
+ * tiles in conv2) it took 11-17 us of the convolution's 43-65. A forward
+ * pass on a few tiles therefore keeps the transformed filters of the last
+ * WINO_CACHE_ENTRIES filters its thread has convolved with, each beside a
+ * copy of the filter it came from. Before use, every thread compares its
+ * channels of the filter with the copy (1 us) and transforms again the
+ * channels that changed, so a cached filter is never stale, whoever wrote
+ * the weights. Per calling thread, so no two threads share an entry. */
+#define WINO_CACHE_ENTRIES 4
+#define WINO_CACHE_MAX_TILES 256 /* batch 5 of conv2: the transform a twentieth of the work */
+#define WINO_CACHE_MAX_FLOATS ((int64_t)1 << 20) /* 4 MiB for the filter, its copy and U */
+
+typedef struct {
+  const float *filter; /* the key, with C and O */
+  int64_t C, O, floats;
+  void *memory;    /* floats and a cache line more, for: */
+  float *copy, *U; /* the filter's floats, then U, both 64-byte aligned */
+  bool filled;
+} wino_cache_entry;
+
+#if DIRECT_BLOCKS
+static __thread wino_cache_entry wino_cache[WINO_CACHE_ENTRIES];
+static __thread int wino_cache_next;
+
+/* The entry for this filter: its own, or the oldest one refitted (not
+ * filled). NULL when the filter is too large or memory runs out. */
+static wino_cache_entry *wino_cached(const wino_plan *p, const float *filter) {
+  const int64_t filter_floats = WINO_K * WINO_K * p->C * p->O;
+  const int64_t copy_floats = round_up(filter_floats, 16), floats = copy_floats + p->filters_floats;
+  if (floats > WINO_CACHE_MAX_FLOATS) return NULL;
+  for (int e = 0; e < WINO_CACHE_ENTRIES; e++)
+    if (wino_cache[e].memory && wino_cache[e].filter == filter && wino_cache[e].C == p->C && wino_cache[e].O == p->O)
+      return &wino_cache[e];
+  wino_cache_entry *entry = &wino_cache[wino_cache_next];
+  if (entry->floats < floats) {
+    free(entry->memory);
+    *entry = (wino_cache_entry){0};
+    entry->memory = malloc((size_t)(floats + 16) * sizeof(float));
+    if (!entry->memory) return NULL;
+    entry->floats = floats;
+  }
+  wino_cache_next = (wino_cache_next + 1) % WINO_CACHE_ENTRIES;
+  entry->filter = filter, entry->C = p->C, entry->O = p->O, entry->filled = false;
+  entry->copy = (float *)(((uintptr_t)entry->memory + 63) & ~(uintptr_t)63);
+  entry->U = entry->copy + copy_floats;
+  return entry;
+}
+
+/* The cached U for channels [c0, c1) made current: transformed again, and
+ * the copy refreshed, where the filter differs from the copy. */
+static void wino_refresh(const wino_plan *p, const float *filter, wino_cache_entry *entry, int64_t c0, int64_t c1) {
+  const size_t run = (size_t)((c1 - c0) * p->O) * sizeof *filter;
+  bool same = entry->filled;
+  for (int64_t cell = 0; cell < WINO_K * WINO_K && same; cell++) {
+    const int64_t at = (cell * p->C + c0) * p->O;
+    same = memcmp(filter + at, entry->copy + at, run) == 0;
+  }
+  if (same) return;
+  wino_filters(p, filter, c0, c1, entry->U);
+  for (int64_t cell = 0; cell < WINO_K * WINO_K; cell++) {
+    const int64_t at = (cell * p->C + c0) * p->O;
+    memcpy(entry->copy + at, filter + at, run);
+  }
+}
+#endif
+
 /* out = the convolution of x (+ bias, relu), for a window runs_winograd
  * takes; scratch holds winograd_scratch(w, out_c) floats. The threads first
- * transform a share of the filters each, then work a share of the tiles. */
+ * transform a share of the filters each (or check the cached ones, with
+ * use_cache and few tiles), then work a share of the tiles. */
 static void winograd_conv(const flrt_window *w, int64_t out_c, const float *x, const float *filter, const float *bias,
-                          bool relu, float *out, float *scratch) {
+                          bool relu, float *out, float *scratch, bool use_cache) {
 #if DIRECT_BLOCKS
   const wino_plan p = plan_winograd(w, out_c);
-  float *U = scratch;
+  wino_cache_entry *entry = use_cache && p.tiles <= WINO_CACHE_MAX_TILES ? wino_cached(&p, filter) : NULL;
+  float *U = entry ? entry->U : scratch;
 #ifdef _OPENMP
   const int64_t threads = omp_in_parallel() ? 1 : p.threads;
 #endif
@@ -1107,13 +1176,16 @@ static void winograd_conv(const flrt_window *w, int64_t out_c, const float *x, c
 #ifdef _OPENMP
     t = omp_get_thread_num(), used = omp_get_num_threads();
 #endif
-    wino_filters(&p, filter, p.C * t / used, p.C * (t + 1) / used, U);
+    const int64_t c0 = p.C * t / used, c1 = p.C * (t + 1) / used;
+    if (entry) wino_refresh(&p, filter, entry, c0, c1);
+    else wino_filters(&p, filter, c0, c1, U);
     FLRT_OMP(omp barrier)
     wino_tiles(w, &p, x, U, bias, relu, out, p.tiles * t / used, p.tiles * (t + 1) / used,
                scratch + p.filters_floats + t * p.thread_floats);
   }
+  if (entry) entry->filled = true;
 #else
-  (void)w, (void)out_c, (void)x, (void)filter, (void)bias, (void)relu, (void)out, (void)scratch;
+  (void)w, (void)out_c, (void)x, (void)filter, (void)bias, (void)relu, (void)out, (void)scratch, (void)use_cache;
 #endif
 }
 
@@ -1467,7 +1539,7 @@ void flrt_conv2d_bias(const flrt_window *w, int64_t out_c, const float *x, const
     return;
   }
   if (runs_winograd(w, out_c)) {
-    winograd_conv(w, out_c, x, filter, bias, relu, out, cols);
+    winograd_conv(w, out_c, x, filter, bias, relu, out, cols, true);
     return;
   }
   conv_args a = {.w = w, .out_c = out_c, .x = x, .filter = filter, .bias = bias, .relu = relu, .out = out};
@@ -1535,7 +1607,7 @@ void flrt_conv2d_grad_input(const flrt_window *w, int64_t out_c, const float *dy
     flrt_window t;
     transposed_window(w, out_c, &t);
     turn_filter(w, out_c, filter, cols);
-    winograd_conv(&t, w->in_c, dy, cols, NULL, false, dx, cols + turned_floats(w, out_c));
+    winograd_conv(&t, w->in_c, dy, cols, NULL, false, dx, cols + turned_floats(w, out_c), false);
     return;
   }
   conv_args a = {.w = w, .out_c = out_c, .filter = filter, .dy = dy, .dx = dx};

@@ -834,6 +834,55 @@ Test(conv2d, winograd_matches_naive_at_any_thread_count, .timeout = 120) {
   }
 }
 
+/* A forward pass on few tiles (batch-1 inference) keeps its transformed
+ * filters between calls, checked against a copy of the filter each time:
+ * a filter written in place (its first and its last value, which the first
+ * and the last thread check), five filters in turn (more than the cache
+ * holds), a window of other sizes in between, whose filter starts at the
+ * same address as the first (the cache must tell them apart by their
+ * sizes), and changing thread counts must all give the definition's
+ * outputs, never those of a stale or another size's transform. */
+Test(conv2d, winograd_cache_follows_changed_filters, .timeout = 120) {
+  static const conv_case conv2 = {1, 14, 14, 32, 5, 5, 1, 1, 64, true}, other = {1, 9, 11, 11, 5, 5, 1, 1, 40, true};
+  enum { FILTERS_IN_TURN = 5 };
+  lcg_state = 43;
+  flrt_window w, wo;
+  init_case(&w, &conv2);
+  init_case(&wo, &other);
+  const size_t other_ny = out_size(&wo, other.o);
+  float *other_x = random_floats(image_size(&wo)), *other_y = malloc(other_ny * sizeof *other_y);
+  float *other_cols = malloc(flrt_conv2d_scratch(&wo, other.o) * sizeof *other_cols);
+  double *other_want = malloc(other_ny * sizeof *other_want);
+  const size_t ny = out_size(&w, conv2.o), nf = filter_size(&w, conv2.o);
+  float *x = random_floats(image_size(&w)), *y = malloc(ny * sizeof *y);
+  float *cols = malloc(flrt_conv2d_scratch(&w, conv2.o) * sizeof *cols);
+  double *want = malloc(ny * sizeof *want);
+  float *f[FILTERS_IN_TURN];
+  for (int i = 0; i < FILTERS_IN_TURN; i++) f[i] = random_floats(nf);
+  cr_assert(filter_size(&wo, other.o) <= nf);
+  for (int call = 0; call < 12; call++) {
+#ifdef _OPENMP
+    omp_set_num_threads(1 + call % 3);
+#endif
+    if (call % 3 == 0) { /* the other window first, on the start of f[0] */
+      flrt_conv2d(&wo, other.o, other_x, f[0], other_y, other_cols);
+      naive_conv(FWD, &wo, other.o, other_x, f[0], NULL, other_want);
+      assert_close_to_largest(other_y, other_want, other_ny, CONV_REL, "conv2d of the other window");
+    }
+    float *filter = call < 4 ? f[0] : f[call % FILTERS_IN_TURN];
+    if (call == 1) filter[nf - 1] += 0.5f;
+    if (call == 2) filter[0] -= 0.5f;
+    if (call == 3) filter[nf / 2] *= -1.0f;
+    flrt_conv2d(&w, conv2.o, x, filter, y, cols);
+    naive_conv(FWD, &w, conv2.o, x, filter, NULL, want);
+    cr_log_info("call %d, %d threads", call, 1 + call % 3);
+    assert_close_to_largest(y, want, ny, CONV_REL, "conv2d");
+  }
+  for (int i = 0; i < FILTERS_IN_TURN; i++) free(f[i]);
+  free(x), free(y), free(cols), free(want), free(other_x), free(other_y), free(other_cols),
+      free(other_want);
+}
+
 /* ---- flrt_sum_rows -------------------------------------------------------- */
 
 /* Column sums over whole rows (widths under and over a block of 256
