@@ -153,7 +153,11 @@ static void init_case(flrt_window *w, const conv_case *k) {
  * columns (a classifier's) to flowc's own loops: rows of B as vectors for
  * A B, dot products for A B^T, vectors along A's rows for A^T B (100 x 10 x
  * 784 and 784 x 10 x 100, with partial blocks of rows, columns and vectors in
- * 70 x 13 x 200 and 150 x 7 x 33; A^T B^T stays with sgemm), a single row
+ * 70 x 13 x 200 and 150 x 7 x 33; A^T B^T stays with sgemm; ten columns
+ * with AVX-512 take three rows of B a vector, in blocks of 15 and the rest
+ * as above: 37 x 10 x 77, 23 x 10 x 91 and 37 x 10 x 75, a partial block
+ * of rows and a rest of 2, 1 and 15, as the last block's loads would read
+ * one float past A and B), a single row
  * against at least 64 columns to flowc's own loop over runs of B's rows
  * unless B is transposed (1 x 300 x 203 and 1 x 64 x 9: columns past the
  * last vector, rows past the last four), the rest to sgemm;
@@ -164,7 +168,8 @@ Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
   const int64_t shapes[][3] = {{1, 7, 5},     {6, 1, 5},     {1, 1, 4},   {4, 3, 6},      {1, 9, 1},
                                {5, 2, 1},     {8, 300, 1800}, {600, 100, 70}, {100, 10, 784}, {70, 13, 200},
                                {150, 7, 33}, {784, 10, 100}, {1, 10, 1024}, {1, 16, 301}, {1, 13, 70}, {1, 3, 2},
-                               {21, 150, 1500}, {50, 200, 700}, {1, 300, 203}, {1, 64, 9}};
+                               {21, 150, 1500}, {50, 200, 700}, {1, 300, 203}, {1, 64, 9},
+                               {37, 10, 77}, {23, 10, 91}, {37, 10, 75}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int t = 0; t < 12; t++) {
       const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
