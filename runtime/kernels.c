@@ -1154,16 +1154,20 @@ static void wino_tiles(const flrt_window *w, const wino_plan *p, const float *x,
 /* The filter transform is the same work whatever the batch: at batch 1 (49
  * tiles in conv2) it took 11-17 us of the convolution's 43-65. A forward
  * pass on a few tiles therefore keeps the transformed filters of the last
- * WINO_CACHE_ENTRIES filters its thread has convolved with, each beside a
- * copy of the filter it came from. Before use, every thread compares its
- * channels of the filter with the copy (1 us) and transforms again the
- * channels that changed, so a cached filter is never stale, whoever wrote
- * the weights. Per calling thread, so no two threads share an entry. */
+ * WINO_CACHE_ENTRIES filters convolved with, each beside a copy of the
+ * filter it came from. Before use, every thread compares its channels of
+ * the filter with the copy (1 us) and transforms again the channels that
+ * changed, so a cached filter is never stale, whoever wrote the weights.
+ * The entries belong to the process, not to a calling thread (whose own
+ * would be lost when it ends): a call claims its entry for its duration,
+ * and one that finds the entries it could use claimed by other threads
+ * transforms into its scratch as before. */
 #define WINO_CACHE_ENTRIES 4
 #define WINO_CACHE_MAX_TILES 256 /* batch 5 of conv2: the transform a twentieth of the work */
-#define WINO_CACHE_MAX_FLOATS ((int64_t)1 << 20) /* 4 MiB for the filter, its copy and U */
+#define WINO_CACHE_MAX_FLOATS ((int64_t)1 << 20) /* 4 MiB for the filter's copy and U */
 
 typedef struct {
+  int claimed;         /* by a call on some thread (atomic) */
   const float *filter; /* the key, with C and O */
   int64_t C, O, floats;
   void *memory;    /* floats and a cache line more, for: */
@@ -1172,27 +1176,39 @@ typedef struct {
 } wino_cache_entry;
 
 #if DIRECT_BLOCKS
-static __thread wino_cache_entry wino_cache[WINO_CACHE_ENTRIES];
-static __thread int wino_cache_next;
+static wino_cache_entry wino_cache[WINO_CACHE_ENTRIES];
+static unsigned wino_cache_next; /* the next entry to refit (atomic) */
 
-/* The entry for this filter: its own, or the oldest one refitted (not
- * filled). NULL when the filter is too large or memory runs out. */
+static bool wino_claim(wino_cache_entry *entry) {
+  return __atomic_exchange_n(&entry->claimed, 1, __ATOMIC_ACQUIRE) == 0;
+}
+
+static void wino_release(wino_cache_entry *entry) { __atomic_store_n(&entry->claimed, 0, __ATOMIC_RELEASE); }
+
+/* The entry for this filter, claimed: its own, or the next one in turn
+ * refitted (not filled). NULL when the filter is too large, memory runs out
+ * or the entry is claimed elsewhere. */
 static wino_cache_entry *wino_cached(const wino_plan *p, const float *filter) {
   const int64_t filter_floats = WINO_K * WINO_K * p->C * p->O;
   const int64_t copy_floats = round_up(filter_floats, 16), floats = copy_floats + p->filters_floats;
   if (floats > WINO_CACHE_MAX_FLOATS) return NULL;
-  for (int e = 0; e < WINO_CACHE_ENTRIES; e++)
-    if (wino_cache[e].memory && wino_cache[e].filter == filter && wino_cache[e].C == p->C && wino_cache[e].O == p->O)
-      return &wino_cache[e];
-  wino_cache_entry *entry = &wino_cache[wino_cache_next];
+  for (int e = 0; e < WINO_CACHE_ENTRIES; e++) {
+    wino_cache_entry *entry = &wino_cache[e];
+    if (!wino_claim(entry)) continue;
+    if (entry->memory && entry->filter == filter && entry->C == p->C && entry->O == p->O) return entry;
+    wino_release(entry);
+  }
+  wino_cache_entry *entry = &wino_cache[__atomic_fetch_add(&wino_cache_next, 1, __ATOMIC_RELAXED) % WINO_CACHE_ENTRIES];
+  if (!wino_claim(entry)) return NULL;
   if (entry->floats < floats) {
     free(entry->memory);
-    *entry = (wino_cache_entry){0};
     entry->memory = malloc((size_t)(floats + 16) * sizeof(float));
-    if (!entry->memory) return NULL;
-    entry->floats = floats;
+    entry->floats = entry->memory ? floats : 0;
+    if (!entry->memory) {
+      wino_release(entry);
+      return NULL;
+    }
   }
-  wino_cache_next = (wino_cache_next + 1) % WINO_CACHE_ENTRIES;
   entry->filter = filter, entry->C = p->C, entry->O = p->O, entry->filled = false;
   entry->copy = (float *)(((uintptr_t)entry->memory + 63) & ~(uintptr_t)63);
   entry->U = entry->copy + copy_floats;
@@ -1243,7 +1259,10 @@ static void winograd_conv(const flrt_window *w, int64_t out_c, const float *x, c
     wino_tiles(w, &p, x, U, bias, relu, out, p.tiles * t / used, p.tiles * (t + 1) / used,
                scratch + p.filters_floats + t * p.thread_floats);
   }
-  if (entry) entry->filled = true;
+  if (entry) {
+    entry->filled = true;
+    wino_release(entry);
+  }
 #else
   (void)w, (void)out_c, (void)x, (void)filter, (void)bias, (void)relu, (void)out, (void)scratch, (void)use_cache;
 #endif

@@ -2,6 +2,7 @@
 #include <criterion/criterion.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -886,6 +887,70 @@ Test(conv2d, winograd_cache_follows_changed_filters, .timeout = 120) {
   for (int i = 0; i < FILTERS_IN_TURN; i++) free(f[i]);
   free(x), free(y), free(cols), free(want), free(other_x), free(other_y), free(other_cols),
       free(other_want);
+}
+
+/* Threads of the calling program that run batch-1 convolutions at once
+ * share the process's cache of transformed filters: each call claims its
+ * entry, and a call that finds an entry claimed transforms on its own. Three
+ * threads, each going round two filters of its own and one that all of them
+ * use (7 filters for 4 entries, so that entries are refitted while others
+ * may use them), must each get the definition's outputs on every call. */
+enum { CACHE_USERS = 3, CACHE_CALLS = 100 };
+typedef struct {
+  const flrt_window *w;
+  const float *x, *own[2], *shared;
+  const double *want_own[2], *want_shared;
+  size_t ny;
+  int wrong; /* calls whose outputs were off */
+} cache_user;
+
+static bool close_to_largest(const float *got, const double *want, size_t n) {
+  double largest = 1.0;
+  for (size_t i = 0; i < n; i++) largest = fmax(largest, fabs(want[i]));
+  for (size_t i = 0; i < n; i++)
+    if (!(fabs(got[i] - want[i]) <= CONV_REL * largest)) return false;
+  return true;
+}
+
+static void *use_cache(void *arg) {
+  cache_user *u = arg;
+  float *y = malloc(u->ny * sizeof *y), *cols = malloc(flrt_conv2d_scratch(u->w, 64) * sizeof *cols);
+  for (int call = 0; call < CACHE_CALLS; call++) {
+    const int which = call % 3; /* 2: the shared filter */
+    flrt_conv2d(u->w, 64, u->x, which < 2 ? u->own[which] : u->shared, y, cols);
+    if (!close_to_largest(y, which < 2 ? u->want_own[which] : u->want_shared, u->ny)) u->wrong++;
+  }
+  free(y), free(cols);
+  return NULL;
+}
+
+Test(conv2d, winograd_cache_shared_by_threads, .timeout = 120) {
+  static const conv_case conv2 = {1, 14, 14, 32, 5, 5, 1, 1, 64, true};
+  lcg_state = 47;
+  flrt_window w;
+  init_case(&w, &conv2);
+  const size_t ny = out_size(&w, conv2.o), nf = filter_size(&w, conv2.o);
+  float *x = random_floats(image_size(&w)), *shared = random_floats(nf);
+  double *want_shared = malloc(ny * sizeof *want_shared);
+  naive_conv(FWD, &w, conv2.o, x, shared, NULL, want_shared);
+  cache_user users[CACHE_USERS];
+  pthread_t threads[CACHE_USERS];
+  for (int t = 0; t < CACHE_USERS; t++) {
+    users[t] = (cache_user){.w = &w, .x = x, .shared = shared, .want_shared = want_shared, .ny = ny};
+    for (int f = 0; f < 2; f++) {
+      float *own = random_floats(nf);
+      double *want = malloc(ny * sizeof *want);
+      naive_conv(FWD, &w, conv2.o, x, own, NULL, want);
+      users[t].own[f] = own, users[t].want_own[f] = want;
+    }
+  }
+  for (int t = 0; t < CACHE_USERS; t++) cr_assert_eq(pthread_create(&threads[t], NULL, use_cache, &users[t]), 0);
+  for (int t = 0; t < CACHE_USERS; t++) {
+    pthread_join(threads[t], NULL);
+    cr_expect_eq(users[t].wrong, 0, "thread %d: %d of %d calls off", t, users[t].wrong, CACHE_CALLS);
+    for (int f = 0; f < 2; f++) free((float *)users[t].own[f]), free((double *)users[t].want_own[f]);
+  }
+  free(x), free(shared), free(want_shared);
 }
 
 /* ---- flrt_sum_rows -------------------------------------------------------- */
