@@ -904,6 +904,8 @@ typedef struct {
   int wrong; /* calls whose outputs were off */
 } cache_user;
 
+/* assert_close_to_largest's test without asserting: the other threads only
+ * count, and the test's own thread asserts on their counts. */
 static bool close_to_largest(const float *got, const double *want, size_t n) {
   double largest = 1.0;
   for (size_t i = 0; i < n; i++) largest = fmax(largest, fabs(want[i]));
