@@ -207,6 +207,32 @@ Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
     }
 }
 
+/* op(A) B (A^T when ta, its rows lda apart) by flrt_gemm, or subtracted a
+ * quarter of it from C by flrt_gemm_update, on `threads` threads, against
+ * the double-precision sum. */
+static void check_threaded_gemm(int64_t m, int64_t n, int64_t k, bool ta, int64_t lda, bool update, int threads,
+                                const char *what) {
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
+  float *a = random_floats((size_t)((ta ? k : m) * lda)), *b = random_floats((size_t)(k * n));
+  float *c = random_floats((size_t)(m * n));
+  double *want = malloc((size_t)(m * n) * sizeof *want);
+  for (int64_t i = 0; i < m; i++)
+    for (int64_t j = 0; j < n; j++) {
+      double sum = 0.0;
+      for (int64_t p = 0; p < k; p++) sum += (double)a[ta ? p * lda + i : i * lda + p] * b[p * n + j];
+      want[i * n + j] = update ? c[i * n + j] - 0.25 * sum : sum;
+    }
+  if (update) flrt_gemm_update(ta, false, m, n, k, a, lda, b, n, -0.25f, c, n);
+  else flrt_gemm(ta, false, m, n, k, a, lda, b, n, c, n, false);
+  cr_log_info("%s: m %lld n %lld k %lld, %d threads, trans_a %d, update %d", what, (long long)m, (long long)n,
+              (long long)k, threads, ta, update);
+  /* k terms of size at most 1 */
+  assert_close(c, want, (size_t)(m * n), 1e-6 * (double)k, what);
+  free(a), free(b), free(c), free(want);
+}
+
 /* Narrow products with a small output split their sum between the threads
  * (each thread's share of k a multiple of 64, so a thread may get none) and
  * add the partial sums: any thread count gives the naive result. */
@@ -215,60 +241,23 @@ Test(gemm, split_sum_matches_naive_for_any_thread_count, .timeout = 60) {
   const int64_t shapes[][3] = {{100, 10, 784}, {256, 16, 64}, {70, 13, 200}, {300, 10, 100}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int threads = 1; threads <= 4; threads++)
-      for (int update = 0; update < 2; update++) {
-#ifdef _OPENMP
-        omp_set_num_threads(threads);
-#endif
-        const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
-        float *a = random_floats((size_t)(m * k)), *b = random_floats((size_t)(k * n));
-        float *c = random_floats((size_t)(m * n));
-        double *want = malloc((size_t)(m * n) * sizeof *want);
-        for (int64_t i = 0; i < m; i++)
-          for (int64_t j = 0; j < n; j++) {
-            double sum = 0.0;
-            for (int64_t p = 0; p < k; p++) sum += (double)a[i * k + p] * b[p * n + j];
-            want[i * n + j] = update ? c[i * n + j] - 0.25 * sum : sum;
-          }
-        if (update) flrt_gemm_update(false, false, m, n, k, a, k, b, n, -0.25f, c, n);
-        else flrt_gemm(false, false, m, n, k, a, k, b, n, c, n, false);
-        cr_log_info("m %lld n %lld k %lld, %d threads, update %d", (long long)m, (long long)n, (long long)k, threads,
-                    update);
-        /* k terms of size at most 1 */
-        assert_close(c, want, (size_t)(m * n), 1e-6 * (double)k, "split gemm");
-        free(a), free(b), free(c), free(want);
-      }
+      for (int update = 0; update < 2; update++)
+        check_threaded_gemm(shapes[s][0], shapes[s][1], shapes[s][2], false, shapes[s][2], update, threads,
+                            "split gemm");
 }
 
 /* A single row against a wide B (batch-1 fully connected layers) splits B's
  * rows between the threads and adds their sums of all columns; at most 8192
  * sums fit, so 5 threads on 2000 columns run as 4: any thread count gives
- * the naive result, a column of A (trans_a) included. */
+ * the naive result, a column of A (trans_a, 3 floats apart) included. */
 Test(gemm, wide_row_matches_naive_for_any_thread_count, .timeout = 60) {
   lcg_state = 23;
   const int64_t shapes[][2] = {{1024, 3136}, {300, 203}, {2000, 100}, {64, 3}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int threads = 1; threads <= 5; threads++)
       for (int t = 0; t < 4; t++) {
-#ifdef _OPENMP
-        omp_set_num_threads(threads);
-#endif
-        const int64_t n = shapes[s][0], k = shapes[s][1], lda = 3;
         const bool ta = t & 1, update = t & 2;
-        float *a = random_floats((size_t)(k * lda)), *b = random_floats((size_t)(k * n));
-        float *c = random_floats((size_t)n);
-        double *want = malloc((size_t)n * sizeof *want);
-        for (int64_t j = 0; j < n; j++) {
-          double sum = 0.0;
-          for (int64_t p = 0; p < k; p++) sum += (double)a[ta ? p * lda : p] * b[p * n + j];
-          want[j] = update ? c[j] - 0.25 * sum : sum;
-        }
-        if (update) flrt_gemm_update(ta, false, 1, n, k, a, ta ? lda : k, b, n, -0.25f, c, n);
-        else flrt_gemm(ta, false, 1, n, k, a, ta ? lda : k, b, n, c, n, false);
-        cr_log_info("n %lld k %lld, %d threads, trans_a %d, update %d", (long long)n, (long long)k, threads, ta,
-                    update);
-        /* k terms of size at most 1 */
-        assert_close(c, want, (size_t)n, 1e-6 * (double)k, "wide row");
-        free(a), free(b), free(c), free(want);
+        check_threaded_gemm(1, shapes[s][0], shapes[s][1], ta, ta ? 3 : shapes[s][1], update, threads, "wide row");
       }
 }
 
