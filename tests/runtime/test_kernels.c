@@ -103,6 +103,12 @@ static double dot(const float *a, const float *b, size_t n) {
   return s;
 }
 
+static double dot_strided(const float *a, size_t a_step, const float *b, size_t b_step, size_t n) {
+  double s = 0.0;
+  for (size_t i = 0; i < n; i++) s += (double)a[i * a_step] * b[i * b_step];
+  return s;
+}
+
 typedef struct {
   int64_t n, h, w, c, kh, kw, sh, sw, o;
   bool same;
@@ -158,7 +164,8 @@ static void init_case(flrt_window *w, const conv_case *k) {
  * with AVX-512 take three rows of B a vector, in blocks of 15 and the rest
  * as above: 37 x 10 x 77, 23 x 10 x 91 and 37 x 10 x 75, a partial block
  * of rows and a rest of 2, 1 and 15, as the last block's loads would read
- * one float past A and B), a single row
+ * one float past A and B; 13 x 10 x 1600, B's triples packed in more than
+ * one panel of 765 rows), a single row
  * against at least 64 columns to flowc's own loop over runs of B's rows
  * unless B is transposed (1 x 300 x 203 and 1 x 64 x 9: columns past the
  * last vector, rows past the last four), the rest to sgemm;
@@ -170,7 +177,7 @@ Test(gemm, matches_naive_for_rows_columns_and_transposes, .timeout = 60) {
                                {5, 2, 1},     {8, 300, 1800}, {600, 100, 70}, {100, 10, 784}, {70, 13, 200},
                                {150, 7, 33}, {784, 10, 100}, {1, 10, 1024}, {1, 16, 301}, {1, 13, 70}, {1, 3, 2},
                                {21, 150, 1500}, {50, 200, 700}, {1, 300, 203}, {1, 64, 9},
-                               {37, 10, 77}, {23, 10, 91}, {37, 10, 75}};
+                               {37, 10, 77}, {23, 10, 91}, {37, 10, 75}, {13, 10, 1600}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int t = 0; t < 12; t++) {
       const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
@@ -235,15 +242,51 @@ static void check_threaded_gemm(int64_t m, int64_t n, int64_t k, bool ta, int64_
 
 /* Narrow products with a small output split their sum between the threads
  * (each thread's share of k a multiple of 64, so a thread may get none) and
- * add the partial sums: any thread count gives the naive result. */
+ * add the partial sums: any thread count gives the naive result, with one to
+ * three panels of B's triples a thread in 30 x 10 x 1700. */
 Test(gemm, split_sum_matches_naive_for_any_thread_count, .timeout = 60) {
   lcg_state = 17;
-  const int64_t shapes[][3] = {{100, 10, 784}, {256, 16, 64}, {70, 13, 200}, {300, 10, 100}};
+  const int64_t shapes[][3] = {{100, 10, 784}, {256, 16, 64}, {70, 13, 200}, {300, 10, 100}, {30, 10, 1700}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int threads = 1; threads <= 4; threads++)
       for (int update = 0; update < 2; update++)
         check_threaded_gemm(shapes[s][0], shapes[s][1], shapes[s][2], false, shapes[s][2], update, threads,
                             "split gemm");
+}
+
+/* An output whose rows are further apart than its width (ldc > n): the
+ * split sum, narrow rows and the ten-column triples write each row's n
+ * values and leave the floats between the rows as they were. */
+Test(gemm, narrow_output_rows_apart_keep_the_gaps, .timeout = 60) {
+  lcg_state = 29;
+  const int64_t shapes[][3] = {{100, 10, 784}, {70, 13, 200}, {9, 10, 40}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int threads = 1; threads <= 3; threads++)
+      for (int update = 0; update < 2; update++) {
+#ifdef _OPENMP
+        omp_set_num_threads(threads);
+#endif
+        const int64_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], ldc = n + 3;
+        float *a = random_floats((size_t)(m * k)), *b = random_floats((size_t)(k * n));
+        float *c = random_floats((size_t)(m * ldc)), *before = malloc((size_t)(m * ldc) * sizeof *before);
+        memcpy(before, c, (size_t)(m * ldc) * sizeof *before);
+        if (update) flrt_gemm_update(false, false, m, n, k, a, k, b, n, -0.25f, c, ldc);
+        else flrt_gemm(false, false, m, n, k, a, k, b, n, c, ldc, false);
+        cr_log_info("m %lld n %lld k %lld ldc %lld, %d threads, update %d", (long long)m, (long long)n, (long long)k,
+                    (long long)ldc, threads, update);
+        for (int64_t i = 0; i < m; i++) {
+          for (int64_t j = 0; j < n; j++) {
+            const double sum = dot_strided(a + i * k, 1, b + j, n, (size_t)k);
+            const double want = update ? before[i * ldc + j] - 0.25 * sum : sum;
+            cr_assert(fabs(c[i * ldc + j] - want) <= 1e-6 * (double)k, "c[%lld][%lld]: got %.8g, want %.8g",
+                      (long long)i, (long long)j, (double)c[i * ldc + j], want);
+          }
+          for (int64_t j = n; j < ldc; j++)
+            cr_assert(c[i * ldc + j] == before[i * ldc + j], "c[%lld][%lld] past the row's %lld values was written",
+                      (long long)i, (long long)j, (long long)n);
+        }
+        free(a), free(b), free(c), free(before);
+      }
 }
 
 /* A single row against a wide B (batch-1 fully connected layers) splits B's
