@@ -255,14 +255,16 @@ Test(gemm, split_sum_matches_naive_for_any_thread_count, .timeout = 60) {
 }
 
 /* An output whose rows are further apart than its width (ldc > n): the
- * split sum, narrow rows and the ten-column triples write each row's n
- * values and leave the floats between the rows as they were. */
+ * split sum, narrow rows, the ten-column triples and, for A^T B, the
+ * ten-column transpose write each row's n values and leave the floats
+ * between the rows as they were. */
 Test(gemm, narrow_output_rows_apart_keep_the_gaps, .timeout = 60) {
   lcg_state = 29;
-  const int64_t shapes[][3] = {{100, 10, 784}, {70, 13, 200}, {9, 10, 40}};
+  const int64_t shapes[][3] = {{100, 10, 784}, {70, 13, 200}, {9, 10, 40}, {784, 10, 100}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int threads = 1; threads <= 3; threads++)
-      for (int update = 0; update < 2; update++) {
+      for (int t = 0; t < 4; t++) {
+        const bool ta = t & 1, update = t & 2;
 #ifdef _OPENMP
         omp_set_num_threads(threads);
 #endif
@@ -270,13 +272,14 @@ Test(gemm, narrow_output_rows_apart_keep_the_gaps, .timeout = 60) {
         float *a = random_floats((size_t)(m * k)), *b = random_floats((size_t)(k * n));
         float *c = random_floats((size_t)(m * ldc)), *before = malloc((size_t)(m * ldc) * sizeof *before);
         memcpy(before, c, (size_t)(m * ldc) * sizeof *before);
-        if (update) flrt_gemm_update(false, false, m, n, k, a, k, b, n, -0.25f, c, ldc);
-        else flrt_gemm(false, false, m, n, k, a, k, b, n, c, ldc, false);
-        cr_log_info("m %lld n %lld k %lld ldc %lld, %d threads, update %d", (long long)m, (long long)n, (long long)k,
-                    (long long)ldc, threads, update);
+        if (update) flrt_gemm_update(ta, false, m, n, k, a, ta ? m : k, b, n, -0.25f, c, ldc);
+        else flrt_gemm(ta, false, m, n, k, a, ta ? m : k, b, n, c, ldc, false);
+        cr_log_info("m %lld n %lld k %lld ldc %lld, %d threads, trans_a %d, update %d", (long long)m, (long long)n,
+                    (long long)k, (long long)ldc, threads, ta, update);
         for (int64_t i = 0; i < m; i++) {
           for (int64_t j = 0; j < n; j++) {
-            const double sum = dot_strided(a + i * k, 1, b + j, n, (size_t)k);
+            const double sum = ta ? dot_strided(a + i, (size_t)m, b + j, (size_t)n, (size_t)k)
+                                  : dot_strided(a + i * k, 1, b + j, (size_t)n, (size_t)k);
             const double want = update ? before[i * ldc + j] - 0.25 * sum : sum;
             cr_assert(fabs(c[i * ldc + j] - want) <= 1e-6 * (double)k, "c[%lld][%lld]: got %.8g, want %.8g",
                       (long long)i, (long long)j, (double)c[i * ldc + j], want);
