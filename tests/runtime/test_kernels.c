@@ -1037,18 +1037,25 @@ static void naive_softmax_xent(int64_t rows, int64_t classes, const float *label
 }
 
 /* Rows that fill no block, one, part of the next and several runs of
- * blocks; classes up to the widest row turned into lanes and past it (the
- * plain loop); logits from -1 to 1 and spread over -100..100, where most
- * exponentials underflow. Labels are one-hot, or spread over the classes. */
+ * blocks; classes up to a vector's 16 (a block of rows transposed in
+ * registers), up to the widest row turned into lanes and past it (the plain
+ * loop); threads that start and end inside a block of 16 rows (500 x 10);
+ * logits from -1 to 1 and spread over -100..100, where most exponentials
+ * underflow. Labels are one-hot, or spread over the classes. Nothing is
+ * written past the loss or the gradient. */
+#define XENT_GUARD 16
 Test(softmax_xent, matches_double_reference) {
   lcg_state = 41;
-  const int64_t shapes[][2] = {{1, 10}, {15, 10}, {16, 10}, {17, 3}, {100, 10}, {130, 64}, {70, 65}, {9, 1}};
+  const int64_t shapes[][2] = {{1, 10},  {15, 10}, {16, 10}, {17, 3},  {100, 10}, {130, 64},
+                               {70, 65}, {9, 1},   {500, 10}, {33, 16}, {20, 2},   {40, 17}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int spread = 0; spread < 2; spread++) {
       const int64_t rows = shapes[s][0], classes = shapes[s][1];
       const size_t n = (size_t)(rows * classes);
       float *z = random_floats(n), *labels = calloc(n, sizeof *labels), *dy = random_floats((size_t)rows);
-      float *loss = random_floats((size_t)rows), *grad = random_floats(n);
+      float *loss = random_floats((size_t)rows + XENT_GUARD), *grad = random_floats(n + XENT_GUARD);
+      float guard[XENT_GUARD];
+      memcpy(guard, loss + rows, sizeof guard), memcpy(grad + n, guard, sizeof guard);
       float *alone_loss = random_floats((size_t)rows), *alone_grad = random_floats(n);
       double *want_loss = malloc((size_t)rows * sizeof *want_loss), *want_grad = malloc(n * sizeof *want_grad);
       cr_assert(labels && want_loss && want_grad);
@@ -1076,6 +1083,8 @@ Test(softmax_xent, matches_double_reference) {
         for (size_t i = 0; i < n; i++)
           cr_assert(fabs(grad[i] - want_grad[i]) <= 1e-6, "grad[%zu]: got %.8g, want %.8g", i, (double)grad[i],
                     want_grad[i]);
+        cr_assert(memcmp(loss + rows, guard, sizeof guard) == 0 && memcmp(grad + n, guard, sizeof guard) == 0,
+                  "written past the loss or the gradient");
         /* the unfused kernels ask for one output each: the same bits */
         flrt_softmax_xent(rows, classes, labels, z, NULL, alone_loss, NULL);
         flrt_softmax_xent(rows, classes, labels, z, dy, NULL, alone_grad);
