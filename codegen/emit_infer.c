@@ -521,11 +521,17 @@ static epilogue epilogue_of(const fl_infer_plan *plan, int id) {
   return (epilogue){plan->bias[id] >= 0, plan->relu[id]};
 }
 
-static void emit_epilogue(epilogue e, const char *at, int64_t count, const char *indent, strbuf *sb) {
-  if (!e.bias && !e.relu) return;
+/* to[oc] = the epilogue of from[oc], for count channels; nothing where both
+ * are the same memory and there is no epilogue. */
+static void emit_store(epilogue e, const char *to, const char *from, int64_t count, const char *indent, strbuf *sb) {
+  if (!e.bias && !e.relu && strcmp(to, from) == 0) return;
   sb_printf(sb, "%sfor (int oc = 0; oc < %lld; oc++) {\n", indent, (long long)count);
-  sb_printf(sb, "%s  const float v = %s[oc]%s;\n", indent, at, e.bias ? " + bias[oc]" : "");
-  sb_printf(sb, "%s  %s[oc] = %s;\n%s}\n", indent, at, e.relu ? "v > 0.0f ? v : 0.0f" : "v", indent);
+  sb_printf(sb, "%s  const float v = %s[oc]%s;\n", indent, from, e.bias ? " + bias[oc]" : "");
+  sb_printf(sb, "%s  %s[oc] = %s;\n%s}\n", indent, to, e.relu ? "v > 0.0f ? v : 0.0f" : "v", indent);
+}
+
+static void emit_epilogue(epilogue e, const char *at, int64_t count, const char *indent, strbuf *sb) {
+  emit_store(e, at, at, count, indent, sb);
 }
 
 static void kernel_head(const fl_graph *g, const fl_infer_plan *plan, int id, int ninputs, strbuf *sb) {
@@ -544,6 +550,24 @@ static void kernel_head(const fl_graph *g, const fl_infer_plan *plan, int id, in
   sb_printf(sb, "float *restrict out) {\n");
 }
 
+/* The most output channels whose sums stay in local arrays (registers, where
+ * the vector unit holds them: 64 floats are four AVX-512 registers); wider
+ * layers sum into their output instead, keeping the stack small on
+ * microcontrollers. */
+#define CONV_LOCAL_SUMS 64
+
+/* One output pixel's sums over the window entry (kh, kw) at input pixel px:
+ * its channels accumulate filter rows, which are contiguous. */
+static void emit_conv_window_sums(int64_t C, int64_t OC, const char *const *sums, const char *const *px, int pixels,
+                                  const char *indent, strbuf *sb) {
+  sb_printf(sb, "%sfor (int c = 0; c < %lld; c++)\n%s  for (int oc = 0; oc < %lld; oc++)", indent, (long long)C,
+            indent, (long long)OC);
+  sb_printf(sb, pixels > 1 ? " {\n" : "\n");
+  for (int q = 0; q < pixels; q++)
+    sb_printf(sb, "%s    %s[oc] += %s[c] * f[c * %lld + oc];\n", indent, sums[q], px[q], (long long)OC);
+  if (pixels > 1) sb_printf(sb, "%s  }\n", indent);
+}
+
 static void emit_conv2d(const fl_graph *g, const fl_infer_plan *plan, const fl_node *n, int64_t batch, strbuf *sb) {
   const fl_shape *x = &g->nodes[n->inputs[0]].shape, *w = &g->nodes[n->inputs[1]].shape;
   int64_t B = dim(x, 0, batch), H = dim(x, 1, batch), W = dim(x, 2, batch), C = dim(x, 3, batch);
@@ -551,34 +575,56 @@ static void emit_conv2d(const fl_graph *g, const fl_infer_plan *plan, const fl_n
   int64_t OH = dim(&n->shape, 1, batch), OW = dim(&n->shape, 2, batch);
   int64_t SH = n->attr.strides[0], SW = n->attr.strides[1];
   int64_t PT = pad_before(n->attr.padding, H, OH, KH, SH), PL = pad_before(n->attr.padding, W, OW, KW, SW);
+  const bool local = OC <= CONV_LOCAL_SUMS;
+  const char *sums[2] = {local ? "sum0" : "o0", local ? "sum1" : "o1"};
   kernel_head(g, plan, n->id, 2, sb);
   sb_printf(sb, "  /* x [%lld, %lld, %lld, %lld] (NHWC) * filter [%lld, %lld, %lld, %lld] (HWIO), stride %lldx%lld,\n"
-                "   * padding %lld above and %lld left: each output pixel's channels accumulate\n"
-                "   * filter rows, which are contiguous. */\n",
+                "   * padding %lld above and %lld left. Two output pixels of a row at a time, so that\n"
+                "   * their sums are independent work for the vector unit; each sum still adds its\n"
+                "   * terms in window order, as for one pixel alone. */\n",
             (long long)B, (long long)H, (long long)W, (long long)C, (long long)KH, (long long)KW,
             (long long)C, (long long)OC, (long long)SH, (long long)SW, (long long)PT, (long long)PL);
   sb_printf(sb, "  for (int n = 0; n < %lld; n++)\n    for (int oh = 0; oh < %lld; oh++)\n"
-                "      for (int ow = 0; ow < %lld; ow++) {\n",
+                "      for (int ow = 0; ow < %lld; ow += 2) {\n",
             (long long)B, (long long)OH, (long long)OW);
-  sb_printf(sb, "        float *restrict o = out + ((n * %lld + oh) * %lld + ow) * %lld;\n", (long long)OH,
+  sb_printf(sb, "        const int pair = ow + 1 < %lld;\n", (long long)OW);
+  sb_printf(sb, "        float *restrict o0 = out + ((n * %lld + oh) * %lld + ow) * %lld;\n", (long long)OH,
             (long long)OW, (long long)OC);
-  sb_printf(sb, "        for (int oc = 0; oc < %lld; oc++)\n          o[oc] = 0.0f;\n", (long long)OC);
+  sb_printf(sb, "        float *restrict o1 = o0 + %lld; /* the second pixel's, when pair */\n", (long long)OC);
+  if (local) sb_printf(sb, "        float sum0[%lld], sum1[%lld];\n", (long long)OC, (long long)OC);
+  if (local) /* both, so that no compiler sees sum1 read unset */
+    sb_printf(sb, "        for (int oc = 0; oc < %lld; oc++)\n          sum0[oc] = sum1[oc] = 0.0f;\n", (long long)OC);
+  else /* o1 is past the output after its last pixel */
+    sb_printf(sb, "        for (int oc = 0; oc < %lld; oc++)\n          o0[oc] = 0.0f;\n"
+                  "        if (pair)\n          for (int oc = 0; oc < %lld; oc++)\n            o1[oc] = 0.0f;\n",
+              (long long)OC, (long long)OC);
   sb_printf(sb, "        for (int kh = 0; kh < %lld; kh++) {\n", (long long)KH);
   sb_printf(sb, "          const int ih = oh * %lld + kh - %lld;\n          if (ih < 0 || ih >= %lld)\n"
                 "            continue;\n", (long long)SH, (long long)PT, (long long)H);
   sb_printf(sb, "          for (int kw = 0; kw < %lld; kw++) {\n", (long long)KW);
-  sb_printf(sb, "            const int iw = ow * %lld + kw - %lld;\n            if (iw < 0 || iw >= %lld)\n"
-                "              continue;\n", (long long)SW, (long long)PL, (long long)W);
-  sb_printf(sb, "            const float *restrict px = in0 + ((n * %lld + ih) * %lld + iw) * %lld;\n", (long long)H,
-            (long long)W, (long long)C);
+  sb_printf(sb, "            const int iw0 = ow * %lld + kw - %lld, iw1 = iw0 + %lld;\n", (long long)SW, (long long)PL,
+            (long long)SW);
+  sb_printf(sb, "            const int first = iw0 >= 0 && iw0 < %lld, second = pair && iw1 >= 0 && iw1 < %lld;\n",
+            (long long)W, (long long)W);
   sb_printf(sb, "            const float *restrict f = in1 + (kh * %lld + kw) * %lld;\n", (long long)KW,
             (long long)(C * OC));
-  sb_printf(sb, "            for (int c = 0; c < %lld; c++)\n              for (int oc = 0; oc < %lld; oc++)\n"
-                "                o[oc] += px[c] * f[c * %lld + oc];\n",
-            (long long)C, (long long)OC, (long long)OC);
-  sb_printf(sb, "          }\n        }\n");
-  emit_epilogue(epilogue_of(plan, n->id), "o", OC, "        ", sb);
-  sb_printf(sb, "      }\n}\n\n");
+  const char *both[2] = {"px0", "px1"};
+  sb_printf(sb, "            if (first && second) {\n");
+  sb_printf(sb, "              const float *restrict px0 = in0 + ((n * %lld + ih) * %lld + iw0) * %lld;\n",
+            (long long)H, (long long)W, (long long)C);
+  sb_printf(sb, "              const float *restrict px1 = px0 + %lld;\n", (long long)(SW * C));
+  emit_conv_window_sums(C, OC, sums, both, 2, "              ", sb);
+  for (int q = 0; q < 2; q++) {
+    sb_printf(sb, "            } else if (%s) {\n", q ? "second" : "first");
+    sb_printf(sb, "              const float *restrict px%d = in0 + ((n * %lld + ih) * %lld + iw%d) * %lld;\n", q,
+              (long long)H, (long long)W, q, (long long)C);
+    emit_conv_window_sums(C, OC, &sums[q], &both[q], 1, "              ", sb);
+  }
+  sb_printf(sb, "            }\n          }\n        }\n");
+  emit_store(epilogue_of(plan, n->id), "o0", sums[0], OC, "        ", sb);
+  sb_printf(sb, "        if (pair) {\n");
+  emit_store(epilogue_of(plan, n->id), "o1", sums[1], OC, "          ", sb);
+  sb_printf(sb, "        }\n      }\n}\n\n");
 }
 
 static void emit_max_pool(const fl_graph *g, const fl_infer_plan *plan, const fl_node *n, int64_t batch, strbuf *sb) {
