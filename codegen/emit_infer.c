@@ -591,9 +591,10 @@ static void emit_conv2d(const fl_graph *g, const fl_infer_plan *plan, const fl_n
   sb_printf(sb, "        float *restrict o0 = out + ((n * %lld + oh) * %lld + ow) * %lld;\n", (long long)OH,
             (long long)OW, (long long)OC);
   sb_printf(sb, "        float *restrict o1 = o0 + %lld; /* the second pixel's, when pair */\n", (long long)OC);
-  if (local) sb_printf(sb, "        float sum0[%lld], sum1[%lld];\n", (long long)OC, (long long)OC);
-  if (local) /* both, so that no compiler sees sum1 read unset */
-    sb_printf(sb, "        for (int oc = 0; oc < %lld; oc++)\n          sum0[oc] = sum1[oc] = 0.0f;\n", (long long)OC);
+  if (local) /* both cleared, so that no compiler sees sum1 read unset */
+    sb_printf(sb, "        float sum0[%lld], sum1[%lld];\n        for (int oc = 0; oc < %lld; oc++)\n"
+                  "          sum0[oc] = sum1[oc] = 0.0f;\n",
+              (long long)OC, (long long)OC, (long long)OC);
   else /* o1 is past the output after its last pixel */
     sb_printf(sb, "        for (int oc = 0; oc < %lld; oc++)\n          o0[oc] = 0.0f;\n"
                   "        if (pair)\n          for (int oc = 0; oc < %lld; oc++)\n            o1[oc] = 0.0f;\n",
@@ -621,10 +622,14 @@ static void emit_conv2d(const fl_graph *g, const fl_infer_plan *plan, const fl_n
     emit_conv_window_sums(C, OC, &sums[q], &both[q], 1, "              ", sb);
   }
   sb_printf(sb, "            }\n          }\n        }\n");
-  emit_store(epilogue_of(plan, n->id), "o0", sums[0], OC, "        ", sb);
-  sb_printf(sb, "        if (pair) {\n");
-  emit_store(epilogue_of(plan, n->id), "o1", sums[1], OC, "          ", sb);
-  sb_printf(sb, "        }\n      }\n}\n\n");
+  const epilogue e = epilogue_of(plan, n->id);
+  emit_store(e, "o0", sums[0], OC, "        ", sb);
+  if (local || e.bias || e.relu) {
+    sb_printf(sb, "        if (pair) {\n");
+    emit_store(e, "o1", sums[1], OC, "          ", sb);
+    sb_printf(sb, "        }\n");
+  }
+  sb_printf(sb, "      }\n}\n\n");
 }
 
 static void emit_max_pool(const fl_graph *g, const fl_infer_plan *plan, const fl_node *n, int64_t batch, strbuf *sb) {

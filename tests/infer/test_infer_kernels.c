@@ -196,14 +196,17 @@ Test(infer_kernels, conv_valid_strided_bias_without_relu) {
         "out", 3, NULL);
 }
 
-/* More output channels than stay in local sums (64): they sum in the output;
- * an odd output width leaves the last pixel of each row without a pair, and
- * SAME padding at stride 2 leaves a pair's first pixel in the padding. */
+/* More output channels than stay in local sums (64): they sum in the output,
+ * with and without an epilogue; an odd output width leaves the last pixel of
+ * each row without a pair, and SAME padding at stride 2 leaves a pair's first
+ * pixel in the padding. */
 Test(infer_kernels, conv_wide_output_sums_in_place_with_unpaired_pixels) {
   check("conv_wide",
         "x = placeholder(f32, [N, 5, 9, 3])\n"
         "W = variable(truncated_normal([3, 4, 3, 70], stddev=0.3))\nb = variable(random_uniform([70], -0.5, 0.5))\n"
-        "out = relu(conv2d(x, W, strides=[1, 2, 2, 1], padding=\"SAME\") + b)\n" TRAIN("out"),
+        "V = variable(truncated_normal([3, 4, 3, 70], stddev=0.3))\n"
+        "out = relu(conv2d(x, W, strides=[1, 2, 2, 1], padding=\"SAME\") + b)"
+        " + conv2d(x, V, strides=[1, 2, 2, 1], padding=\"SAME\")\n" TRAIN("out"),
         "out", 2, NULL);
 }
 
