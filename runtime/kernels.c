@@ -481,53 +481,59 @@ static void narrow_outer(int64_t p0, int64_t p1, int64_t n, int64_t k, const flo
 /* A GEMM of few rows against a wide B (a fully connected layer at batch 50:
  * 50 x 3136 times 3136 x 1024). OpenBLAS's kernels reach half the peak on
  * 50 rows (1.4 to 1.6 ms for Deep MNIST's fc1, its weights streaming at only
- * 8 GB/s). Here FEW_DEPTH rows of FILTERS columns of B (4 KiB apart in fc1's)
- * are copied into a contiguous panel that stays in L1 while every block of
- * FEW_ROWS rows of A passes over it with FEW_ROWS x FILTERS sums in
- * registers (1.1 to 1.2 ms). */
+ * 8 GB/s). Here FEW_DEPTH rows of FEW_COLUMNS columns of B (4 KiB apart in
+ * fc1's) are copied into a contiguous 32 KiB panel that stays in L1 while
+ * every block of FEW_ROWS rows of A passes over it with FEW_ROWS x
+ * FEW_COLUMNS sums in registers (1.1 to 1.2 ms). With AVX-512, blocks of 5
+ * rows x 64 columns load 9 values for 20 multiply-adds, where 10 x 32 loaded
+ * 12: 1.27-1.47 ms down to 1.14-1.23 timed alone with the caches flushed. */
 #define FEW_MAX_ROWS 64
-#define FEW_DEPTH 256
 #ifdef __AVX512F__
-#define FEW_ROWS 10 /* 20 accumulators of 32 registers; 50 rows in 5 blocks */
+#define FEW_ROWS 5 /* 20 accumulators of 32 registers; 50 rows in 10 blocks */
+#define FEW_VECS 4
+#define FEW_DEPTH 128
 #else
 #define FEW_ROWS 6 /* 12 accumulators of 16 registers */
+#define FEW_VECS 2
+#define FEW_DEPTH 256
 #endif
+#define FEW_COLUMNS (VEC * FEW_VECS)
 
 /* c[0..m)[j0..j1) (+)= alpha * a b, on the calling thread. Rows of A past m
  * repeat the last one and are not stored; columns of a last narrow panel are
  * zeros. */
 static void few_rows(int64_t m, int64_t j0, int64_t j1, int64_t k, const float *a, int64_t lda, const float *b,
                      int64_t ldb, float alpha, float *c, int64_t ldc, bool accumulate) {
-  float panel[FEW_DEPTH * FILTERS];
+  float panel[FEW_DEPTH * FEW_COLUMNS];
   if (!accumulate)
     for (int64_t i = 0; i < m; i++) memset(c + i * ldc + j0, 0, (size_t)(j1 - j0) * sizeof *c);
   for (int64_t p0 = 0; p0 < k; p0 += FEW_DEPTH) {
     const int64_t depth = k - p0 < FEW_DEPTH ? k - p0 : FEW_DEPTH;
-    for (int64_t j = j0; j < j1; j += FILTERS) {
-      const int64_t width = j1 - j < FILTERS ? j1 - j : FILTERS;
+    for (int64_t j = j0; j < j1; j += FEW_COLUMNS) {
+      const int64_t width = j1 - j < FEW_COLUMNS ? j1 - j : FEW_COLUMNS;
       for (int64_t p = 0; p < depth; p++) {
-        float *row = panel + p * FILTERS;
-        if (width < FILTERS) memset(row + width, 0, (size_t)(FILTERS - width) * sizeof *row);
+        float *row = panel + p * FEW_COLUMNS;
+        if (width < FEW_COLUMNS) memset(row + width, 0, (size_t)(FEW_COLUMNS - width) * sizeof *row);
         memcpy(row, b + (p0 + p) * ldb + j, (size_t)width * sizeof *row);
       }
       for (int64_t i = 0; i < m; i += FEW_ROWS) {
         const float *arow[FEW_ROWS];
         for (int r = 0; r < FEW_ROWS; r++) arow[r] = a + (i + r < m ? i + r : m - 1) * lda + p0;
-        vec acc[FEW_ROWS][FILTER_VECS];
+        vec acc[FEW_ROWS][FEW_VECS];
         for (int r = 0; r < FEW_ROWS; r++)
-          for (int f = 0; f < FILTER_VECS; f++) acc[r][f] = (vec){0};
+          for (int f = 0; f < FEW_VECS; f++) acc[r][f] = (vec){0};
         for (int64_t p = 0; p < depth; p++) {
-          vec bv[FILTER_VECS];
-          for (int f = 0; f < FILTER_VECS; f++) bv[f] = LOAD_VEC(panel + p * FILTERS + f * VEC);
+          vec bv[FEW_VECS];
+          for (int f = 0; f < FEW_VECS; f++) bv[f] = LOAD_VEC(panel + p * FEW_COLUMNS + f * VEC);
           for (int r = 0; r < FEW_ROWS; r++) {
             const float x = arow[r][p];
-            for (int f = 0; f < FILTER_VECS; f++) acc[r][f] += x * bv[f];
+            for (int f = 0; f < FEW_VECS; f++) acc[r][f] += x * bv[f];
           }
         }
         for (int r = 0; r < FEW_ROWS && i + r < m; r++) {
           float *out = c + (i + r) * ldc + j;
-          if (width == FILTERS)
-            for (int f = 0; f < FILTER_VECS; f++)
+          if (width == FEW_COLUMNS)
+            for (int f = 0; f < FEW_VECS; f++)
               STORE_VEC(out + f * VEC, (vec)LOAD_VEC(out + f * VEC) + alpha * acc[r][f]);
           else
             for (int64_t l = 0; l < width; l++) out[l] += alpha * acc[r][l / VEC][l % VEC];
@@ -545,8 +551,8 @@ static void few_rows_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64
   if (!omp_in_parallel()) threads = omp_get_max_threads();
 #endif
   FLRT_PARALLEL_LOOP_FROM(2, threads, for (int64_t t = 0; t < threads; t++) {
-    const int64_t j0 = n * t / threads / FILTERS * FILTERS,
-                  j1 = t + 1 == threads ? n : n * (t + 1) / threads / FILTERS * FILTERS;
+    const int64_t j0 = n * t / threads / FEW_COLUMNS * FEW_COLUMNS,
+                  j1 = t + 1 == threads ? n : n * (t + 1) / threads / FEW_COLUMNS * FEW_COLUMNS;
     few_rows(m, j0, j1, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
   });
 }
