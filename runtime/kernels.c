@@ -163,6 +163,25 @@ static void store_or_add(float *c, float alpha, float value, bool accumulate) {
   *c = accumulate ? *c + alpha * value : alpha * value;
 }
 
+/* c[0..count) (+)= alpha * the sum of the used partials, stride apart, in
+ * thread order (the same result for one thread count): the threads' partial
+ * sums of a split sum meeting. A vector at a time: the scalar loop took
+ * 0.75 us of the softmax regression logits' 8. */
+static void add_partials(int used, int64_t stride, const float *partial, int64_t count, float alpha, float *c,
+                         bool accumulate) {
+  int64_t e = 0;
+  for (; e + VEC <= count; e += VEC) {
+    vec sum = LOAD_VEC(partial + e);
+    for (int u = 1; u < used; u++) sum += LOAD_VEC(partial + u * stride + e);
+    STORE_VEC(c + e, accumulate ? (vec)LOAD_VEC(c + e) + alpha * sum : alpha * sum);
+  }
+  for (; e < count; e++) {
+    float sum = partial[e];
+    for (int u = 1; u < used; u++) sum += partial[u * stride + e];
+    store_or_add(c + e, alpha, sum, accumulate);
+  }
+}
+
 /* c[i][j] (+)= sum_p a[i][p] bt[j][p] for rows [i0, i1) and all n columns:
  * dot products of contiguous rows, the remainder of k in plain loops. */
 static void narrow_dots(int64_t i0, int64_t i1, int64_t n, int64_t k, const float *a, int64_t lda, const float *bt,
@@ -379,11 +398,8 @@ static void wide_row_thread(int t, int used, int64_t n, int64_t k, const float *
                             int64_t ldb, float alpha, float *c, bool accumulate, float *sums) {
   wide_row_part(k * t / used, k * (t + 1) / used, n, a, a_step, b, ldb, sums + t * n);
   FLRT_OMP(omp barrier)
-  for (int64_t j = n * t / used; j < n * (t + 1) / used; j++) {
-    float sum = 0.0f;
-    for (int u = 0; u < used; u++) sum += sums[u * n + j];
-    store_or_add(c + j, alpha, sum, accumulate);
-  }
+  const int64_t j0 = n * t / used, j1 = n * (t + 1) / used;
+  add_partials(used, n, sums + j0, j1 - j0, alpha, c + j0, accumulate);
 }
 
 static void wide_row(int64_t n, int64_t k, const float *a, int64_t a_step, const float *b, int64_t ldb, float alpha,
@@ -555,24 +571,6 @@ static void few_rows_gemm(int64_t m, int64_t n, int64_t k, const float *a, int64
                   j1 = t + 1 == threads ? n : n * (t + 1) / threads / FEW_COLUMNS * FEW_COLUMNS;
     few_rows(m, j0, j1, k, a, lda, b, ldb, alpha, c, ldc, accumulate);
   });
-}
-
-/* c[0..count) (+)= alpha * the sum of the used partials, stride apart, in
- * thread order (the same result for one thread count). A vector at a time:
- * the scalar loop took 0.75 us of the softmax regression logits' 8. */
-static void add_partials(int used, int64_t stride, const float *partial, int64_t count, float alpha, float *c,
-                         bool accumulate) {
-  int64_t e = 0;
-  for (; e + VEC <= count; e += VEC) {
-    vec sum = LOAD_VEC(partial + e);
-    for (int u = 1; u < used; u++) sum += LOAD_VEC(partial + u * stride + e);
-    STORE_VEC(c + e, accumulate ? (vec)LOAD_VEC(c + e) + alpha * sum : alpha * sum);
-  }
-  for (; e < count; e++) {
-    float sum = partial[e];
-    for (int u = 1; u < used; u++) sum += partial[u * stride + e];
-    store_or_add(c + e, alpha, sum, accumulate);
-  }
 }
 
 /* The narrow cases, or false to leave the GEMM to OpenBLAS. */
